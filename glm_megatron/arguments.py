@@ -1,0 +1,187 @@
+"""Command-line flags: Megatron-LM's names for everything Megatron-LM has, GLM's for the rest.
+
+Architecture flags default to None so that `--model-preset` fills them and explicit flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from .config import ConfigError, GLMConfig
+from .presets import PRESETS, preset_names
+
+DEFAULT_PRESET = "glm4-small"
+# Where the built-in run (no --data-path) writes when --save / --tensorboard-dir are not given.
+BUILTIN_RUN_DIR = "runs/builtin"
+
+_BOOL = argparse.BooleanOptionalAction
+
+
+def _model_args(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("model (a --model-preset fills these; explicit flags override)")
+    g.add_argument("--model-preset", default=DEFAULT_PRESET, choices=preset_names(),
+                   help=f"architecture preset (default {DEFAULT_PRESET})")
+    g.add_argument("--num-layers", type=int)
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--ffn-hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--group-query-attention", action=_BOOL,
+                   help="use --num-query-groups key/value groups (GQA)")
+    g.add_argument("--num-query-groups", type=int)
+    g.add_argument("--kv-channels", type=int, help="head dimension")
+    g.add_argument("--max-position-embeddings", type=int)
+    g.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"])
+    g.add_argument("--norm-epsilon", type=float)
+    g.add_argument("--position-embedding-type", choices=["learned_absolute", "rope"])
+    g.add_argument("--block-position-encoding", action=_BOOL,
+                   help="GLM 2D positions: block position ids feed a second learned table "
+                        "(learned_absolute) or the next rotary slice of the head (rope)")
+    g.add_argument("--rotary-percent", type=float, help="fraction of the head dim rotated")
+    g.add_argument("--rotary-interleaved", action=_BOOL, help="rotate pairs (2i, 2i+1)")
+    g.add_argument("--rotary-base", type=float, help="RoPE base; ChatGLM's rope_ratio x 10000")
+    g.add_argument("--swiglu", action=_BOOL, help="SwiGLU MLP (ChatGLM2/3, GLM-4)")
+    g.add_argument("--geglu", action=_BOOL, help="GeGLU MLP (GLM-130B)")
+    g.add_argument("--openai-gelu", action=_BOOL, help="tanh-approximated GeLU (GLM, ChatGLM-6B)")
+    g.add_argument("--add-qkv-bias", action=_BOOL)
+    g.add_argument("--disable-bias-linear", action=_BOOL, help="no biases in linear layers")
+    g.add_argument("--untie-embeddings-and-output-weights", action=_BOOL)
+    g.add_argument("--apply-residual-connection-post-layernorm", action=_BOOL)
+    g.add_argument("--deepnorm", action=_BOOL,
+                   help="scale the post-layernorm residual by sqrt(2 * num_layers) "
+                        "(ChatGLM-6B, GLM-130B)")
+    g.add_argument("--post-sublayer-norms", action=_BOOL,
+                   help="GLM-4-0414's extra norms after attention and after the MLP")
+    g.add_argument("--hidden-dropout", type=float)
+    g.add_argument("--attention-dropout", type=float)
+    g.add_argument("--init-method-std", type=float)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--vocab-size", type=int,
+                   help="model vocabulary; default: the tokenizer's, padded to a multiple of "
+                        "--make-vocab-size-divisible-by x TP")
+
+
+def _training_args(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("training")
+    g.add_argument("--objective", default="causal", choices=["causal"],
+                   help="pretraining objective")
+    g.add_argument("--seq-length", type=int, default=256)
+    g.add_argument("--micro-batch-size", type=int, default=4)
+    g.add_argument("--global-batch-size", type=int, default=16)
+    g.add_argument("--train-iters", type=int, default=200)
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master")
+    g.add_argument("--fp16", action="store_true",
+                   help="fp16 weights and compute, fp32 master, dynamic loss scaling")
+    g.add_argument("--loss-scale", type=float, help="static loss scale (fp16); default dynamic")
+    g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32)
+    g.add_argument("--min-loss-scale", type=float, default=1.0)
+    g.add_argument("--loss-scale-window", type=int, default=1000)
+    g.add_argument("--hysteresis", type=int, default=2)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="cuda (NCCL) when available, else cpu (gloo)")
+
+
+def _optimizer_args(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("optimizer and learning rate")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--min-lr", type=float, default=1e-4)
+    g.add_argument("--lr-decay-style", default="cosine",
+                   choices=["constant", "linear", "cosine", "WSD"])
+    g.add_argument("--lr-warmup-iters", type=int, default=20)
+    g.add_argument("--lr-decay-iters", type=int, help="default --train-iters")
+    g.add_argument("--lr-wsd-decay-iters", type=int, help="WSD: iterations of the final decay")
+    g.add_argument("--lr-wsd-decay-style", default="linear",
+                   choices=["linear", "cosine", "exponential", "minus_sqrt"])
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="0 disables clipping")
+
+
+def _parallel_args(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+
+
+def _data_args(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-path", nargs="*",
+                   help="PREFIX, or a weighted blend W1 PREFIX1 W2 PREFIX2 ...; default: the "
+                        "built-in corpus (Python's own documentation)")
+    g.add_argument("--split", default="969,30,1", help="train,valid,test weights")
+    g.add_argument("--tokenizer-model", help="SentencePiece model; default: the built-in one")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per rank")
+
+
+def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
+    g = parser.add_argument_group("checkpointing")
+    g.add_argument("--save", help="checkpoint directory")
+    g.add_argument("--load", help="resume from this checkpoint directory")
+    g.add_argument("--save-interval", type=int, help="default: save only at the end")
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true",
+                   help="load weights only; start at iteration 0 with fresh optimizer and data")
+    g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")
+    g = parser.add_argument_group("logging and evaluation")
+    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--eval-interval", type=int, default=100)
+    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--tensorboard-dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrain_glm.py",
+        description="Pretrain a GLM model. Run with torchrun for several processes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add in (_model_args, _training_args, _optimizer_args, _parallel_args, _data_args,
+                _checkpoint_and_logging_args):
+        add(parser)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.bf16 and args.fp16:
+        raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.data_path is None:
+        args.save = args.save or f"{BUILTIN_RUN_DIR}/checkpoints"
+        args.tensorboard_dir = args.tensorboard_dir or f"{BUILTIN_RUN_DIR}/tensorboard"
+    return args
+
+
+# Flag -> GLMConfig field for flags that map one to one.
+_DIRECT = ["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+           "num_query_groups", "kv_channels", "max_position_embeddings", "normalization",
+           "norm_epsilon", "position_embedding_type", "block_position_encoding", "rotary_percent",
+           "rotary_interleaved", "rotary_base", "openai_gelu", "add_qkv_bias",
+           "untie_embeddings_and_output_weights", "apply_residual_connection_post_layernorm",
+           "deepnorm", "post_sublayer_norms", "hidden_dropout", "attention_dropout",
+           "init_method_std"]
+
+
+def model_config(args: argparse.Namespace, vocab_size: int) -> GLMConfig:
+    """The preset's values, overridden by every architecture flag given explicitly."""
+    values = dict(PRESETS[args.model_preset])
+    values.update({k: getattr(args, k) for k in _DIRECT if getattr(args, k) is not None})
+    if args.group_query_attention is False:
+        values["num_query_groups"] = None
+    elif args.group_query_attention and args.num_query_groups is None and (
+            "num_query_groups" not in values):
+        raise ConfigError("--group-query-attention needs --num-query-groups")
+    if args.swiglu is not None or args.geglu is not None:
+        values["activation"] = "swiglu" if args.swiglu else "geglu" if args.geglu else "gelu"
+    if args.disable_bias_linear is not None:
+        values["add_bias_linear"] = not args.disable_bias_linear
+    values["vocab_size"] = vocab_size
+    config = GLMConfig(**values)
+    if args.seq_length > config.max_position_embeddings:
+        raise ConfigError(
+            f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
+            f"{config.max_position_embeddings}; shorten the sequence or raise the maximum")
+    return config

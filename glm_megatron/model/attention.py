@@ -1,0 +1,70 @@
+"""GLM self-attention: fused QKV grouped per query group, RoPE, SDPA.
+
+The fused QKV weight is laid out as megatron-core lays it out, [groups, (q_per_group + 2) * hd],
+so a contiguous split over TP ranks hands each rank whole query groups with their K and V.
+Converters translate to the per-head-interleaved or [Q; K; V] layouts of published checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import GLMConfig
+from ..parallel.random import tensor_parallel_rng
+from . import layers
+
+
+def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
+                       device: torch.device) -> Optional[torch.Tensor]:
+    """Boolean mask [b, 1, s, s] (True = may attend) or None for plain causal attention.
+
+    GLM: every token sees the first `sep` tokens of its sample (Part A, bidirectional) and the
+    tokens up to itself (Part B, causal).
+    """
+    if sep is None:
+        return None
+    rows = torch.arange(seq_len, device=device)
+    causal = rows[None, :] <= rows[:, None]
+    part_a = rows[None, None, :] < sep.to(device)[:, None, None]
+    return (causal[None] | part_a)[:, None]
+
+
+class SelfAttention(torch.nn.Module):
+    def __init__(self, config: GLMConfig, mp, tp_size: int):
+        super().__init__()
+        self.head_dim = config.kv_channels
+        self.queries_per_group = config.num_attention_heads // config.num_query_groups
+        self.local_groups = config.num_query_groups // tp_size
+        self.dropout = config.attention_dropout
+        qkv_size = config.query_projection_size + 2 * config.kv_projection_size
+        self.linear_qkv = layers.column_parallel(
+            config.hidden_size, qkv_size, mp, bias=config.add_bias_linear or config.add_qkv_bias)
+        self.linear_proj = layers.row_parallel(
+            config.query_projection_size, config.hidden_size, mp, bias=config.add_bias_linear,
+            init_std=config.output_layer_init_std)
+
+    def forward(self, hidden: torch.Tensor, rotary, rotary_tables,
+                mask: Optional[torch.Tensor]) -> torch.Tensor:
+        seq, batch, _ = hidden.shape
+        qkv, _ = self.linear_qkv(hidden)
+        qkv = qkv.view(seq, batch, self.local_groups, self.queries_per_group + 2, self.head_dim)
+        query = qkv[:, :, :, :-2].reshape(seq, batch, -1, self.head_dim)
+        key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
+        if rotary is not None:
+            query = rotary.apply(query, rotary_tables)
+            key = rotary.apply(key, rotary_tables)
+        # [s, b, heads, d] -> [b, heads, s, d] for SDPA.
+        query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        dropout = self.dropout if self.training else 0.0
+        # Attention dropout acts on this rank's heads only: draw it from the per-TP-rank stream.
+        with tensor_parallel_rng().fork() if dropout > 0 else contextlib.nullcontext():
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
+                enable_gqa=self.queries_per_group > 1)
+        context = context.permute(2, 0, 1, 3).reshape(seq, batch, -1)
+        output, _ = self.linear_proj(context)
+        return output

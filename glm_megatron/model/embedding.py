@@ -1,0 +1,39 @@
+"""Token embeddings (vocab-parallel) plus GLM's learned absolute 2D position tables."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+
+from ..config import GLMConfig
+from .layers import mark_partitioned, no_init
+
+
+class Embedding(torch.nn.Module):
+    def __init__(self, config: GLMConfig, mp):
+        super().__init__()
+        self.dropout = config.hidden_dropout
+        self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
+            config.vocab_size, config.hidden_size, init_method=no_init, config=mp)
+        mark_partitioned(self.word_embeddings.weight, 0)
+        self.position_embeddings = self.block_position_embeddings = None
+        if config.position_embedding_type == "learned_absolute":
+            self.position_embeddings = torch.nn.Embedding(
+                config.max_position_embeddings, config.hidden_size)
+            if config.block_position_encoding:
+                self.block_position_embeddings = torch.nn.Embedding(
+                    config.max_position_embeddings, config.hidden_size)
+
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
+                block_position_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """tokens, positions [b, s] -> embeddings [s, b, h]."""
+        embeddings = self.word_embeddings(tokens)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        if self.block_position_embeddings is not None:
+            embeddings = embeddings + self.block_position_embeddings(block_position_ids)
+        embeddings = embeddings.transpose(0, 1).contiguous()
+        return F.dropout(embeddings, p=self.dropout, training=self.training)

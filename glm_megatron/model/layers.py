@@ -1,0 +1,82 @@
+"""Building blocks whose tensor parallelism lives in the layer, not in the model code.
+
+Linear layers are megatron-core's column/row-parallel layers; initialisation is done afterwards
+by `parallel.sharding.initialize_parameters`, so layers are built without drawing weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import ModelParallelConfig, tensor_parallel
+
+from ..config import GLMConfig
+
+
+def model_parallel_config(tp_size: int, params_dtype: torch.dtype = torch.float32,
+                          sequence_parallel: bool = False) -> ModelParallelConfig:
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tp_size,
+        sequence_parallel=sequence_parallel,
+        params_dtype=params_dtype,
+        use_cpu_initialization=True,  # allocate on the host, move to the device afterwards
+        perform_initialization=False,  # weights are drawn by initialize_parameters
+    )
+
+
+def no_init(_weight):
+    """Layers are built without drawing weights; initialize_parameters fills them."""
+    return None
+
+
+def mark_partitioned(weight: torch.nn.Parameter, dim: int, stride: int = 1):
+    """Record how `weight` is split over TP ranks. megatron-core sets these attributes only when
+    it initialises the weight itself, which we skip."""
+    if not hasattr(weight, "tensor_model_parallel"):
+        tensor_parallel.set_tensor_model_parallel_attributes(weight, True, dim, stride)
+
+
+def column_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *, bias: bool,
+                    stride: int = 1, init_std: float | None = None):
+    layer = tensor_parallel.ColumnParallelLinear(
+        in_features, out_features, config=mp, init_method=no_init, bias=bias,
+        gather_output=False, stride=stride)
+    mark_partitioned(layer.weight, 0, stride)
+    _mark(layer, init_std)
+    return layer
+
+
+def row_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *, bias: bool,
+                 init_std: float | None = None):
+    layer = tensor_parallel.RowParallelLinear(
+        in_features, out_features, config=mp, init_method=no_init, bias=bias,
+        input_is_parallel=True, skip_bias_add=False)
+    mark_partitioned(layer.weight, 1)
+    _mark(layer, init_std)
+    return layer
+
+
+def _mark(layer: torch.nn.Module, init_std: float | None):
+    if init_std is not None:
+        layer.weight.init_std = init_std
+    if getattr(layer, "bias", None) is not None:
+        layer.bias.init_constant = 0.0
+
+
+def _norm_classes():
+    """apex's fused norms when importable (they fall back to torch on CPU), else torch's."""
+    try:
+        from apex.normalization import FusedLayerNorm, FusedRMSNorm
+        return FusedLayerNorm, FusedRMSNorm
+    except ImportError:
+        return torch.nn.LayerNorm, torch.nn.RMSNorm
+
+
+def norm(config: GLMConfig) -> torch.nn.Module:
+    layer_norm, rms_norm = _norm_classes()
+    if config.normalization == "RMSNorm":
+        module = rms_norm(config.hidden_size, eps=config.norm_epsilon)
+    else:
+        module = layer_norm(config.hidden_size, eps=config.norm_epsilon)
+        module.bias.init_constant = 0.0
+    module.weight.init_constant = 1.0
+    return module

@@ -1,0 +1,41 @@
+"""GLM MLP: GeLU (GLM, ChatGLM-6B), GeGLU (GLM-130B) or SwiGLU (ChatGLM2/3, GLM-4).
+
+Gated variants keep fc1's rows as [activated; linear] (transformers' gate_up_proj order); fc1 is
+split with stride 2 so each TP rank holds [gate_r; up_r] and gates its own slice locally.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import GLMConfig
+from . import layers
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, config: GLMConfig, mp):
+        super().__init__()
+        gated = config.gated_mlp
+        self.activation = config.activation
+        self.gelu_approximate = "tanh" if config.openai_gelu else "none"
+        self.linear_fc1 = layers.column_parallel(
+            config.hidden_size, config.ffn_hidden_size * (2 if gated else 1), mp,
+            bias=config.add_bias_linear, stride=2 if gated else 1)
+        self.linear_fc2 = layers.row_parallel(
+            config.ffn_hidden_size, config.hidden_size, mp, bias=config.add_bias_linear,
+            init_std=config.output_layer_init_std)
+
+    def _gelu(self, x):
+        return F.gelu(x, approximate=self.gelu_approximate)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        intermediate, _ = self.linear_fc1(hidden)
+        if self.activation == "gelu":
+            intermediate = self._gelu(intermediate)
+        else:
+            gate, up = intermediate.chunk(2, dim=-1)
+            act = F.silu if self.activation == "swiglu" else self._gelu
+            intermediate = act(gate) * up
+        output, _ = self.linear_fc2(intermediate)
+        return output

@@ -1,0 +1,70 @@
+"""Transformer layer and block for every GLM generation.
+
+Residual variants are config, not subclasses: pre-norm (GLM, ChatGLM2/3, GLM-4), DeepNorm with
+the residual taken from the norm output (ChatGLM-6B, GLM-130B), and GLM-4-0414's extra norms on
+the sublayer outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import GLMConfig
+from . import layers
+from .attention import SelfAttention
+from .mlp import MLP
+
+
+class TransformerLayer(torch.nn.Module):
+    def __init__(self, config: GLMConfig, mp, tp_size: int):
+        super().__init__()
+        self.config = config
+        self.input_layernorm = layers.norm(config)
+        self.self_attention = SelfAttention(config, mp, tp_size)
+        self.pre_mlp_layernorm = layers.norm(config)
+        self.mlp = MLP(config, mp)
+        if config.post_sublayer_norms:
+            self.post_self_attn_layernorm = layers.norm(config)
+            self.post_mlp_layernorm = layers.norm(config)
+
+    def _residual_add(self, residual_in, normed_in, sublayer_out, post_norm):
+        if post_norm is not None:
+            sublayer_out = post_norm(sublayer_out)
+        cfg = self.config
+        residual = (normed_in * cfg.residual_alpha
+                    if cfg.apply_residual_connection_post_layernorm else residual_in)
+        return residual + F.dropout(sublayer_out, p=cfg.hidden_dropout, training=self.training)
+
+    def forward(self, hidden, rotary, rotary_tables, mask):
+        post = self.config.post_sublayer_norms
+        normed = self.input_layernorm(hidden)
+        attention = self.self_attention(normed, rotary, rotary_tables, mask)
+        hidden = self._residual_add(hidden, normed, attention,
+                                    self.post_self_attn_layernorm if post else None)
+        normed = self.pre_mlp_layernorm(hidden)
+        mlp = self.mlp(normed)
+        return self._residual_add(hidden, normed, mlp, self.post_mlp_layernorm if post else None)
+
+
+class TransformerBlock(torch.nn.Module):
+    """A run of layers keyed by their global layer number, plus the final norm on the last stage.
+
+    Keys are global ("0".."L-1"), so a pipeline stage's parameter names match the full model's.
+    """
+
+    def __init__(self, config: GLMConfig, mp, tp_size: int, layer_numbers: Iterable[int],
+                 final_norm: bool):
+        super().__init__()
+        self.layers = torch.nn.ModuleDict(
+            {str(i): TransformerLayer(config, mp, tp_size) for i in layer_numbers})
+        self.final_layernorm = layers.norm(config) if final_norm else None
+
+    def forward(self, hidden, rotary, rotary_tables, mask: Optional[torch.Tensor]):
+        for layer in self.layers.values():
+            hidden = layer(hidden, rotary, rotary_tables, mask)
+        if self.final_layernorm is not None:
+            hidden = self.final_layernorm(hidden)
+        return hidden

@@ -1,0 +1,1 @@
+"""Process groups, device selection, parallel RNG and tensor sharding rules."""

@@ -1,0 +1,75 @@
+"""Architecture presets: the published GLM shapes and tiny ones for tests, as data.
+
+Each preset gives ``GLMConfig`` field values; explicit command-line flags override them.
+The vocabulary is not part of a preset: it comes from the tokenizer, padded as Megatron-LM pads.
+"""
+
+from __future__ import annotations
+
+# Generation 1: GLM (blank infilling, learned 2D absolute positions, tied output).
+_GLM = dict(
+    normalization="LayerNorm", norm_epsilon=1e-5,
+    position_embedding_type="learned_absolute", block_position_encoding=True,
+    activation="gelu", openai_gelu=True, add_bias_linear=True, add_qkv_bias=True,
+    untie_embeddings_and_output_weights=False,
+    hidden_dropout=0.1, attention_dropout=0.1,
+)
+
+# Generation 2: ChatGLM-6B / GLM-130B (2D RoPE on the two halves of the head, DeepNorm).
+_CHATGLM = dict(
+    normalization="LayerNorm", norm_epsilon=1e-5,
+    position_embedding_type="rope", block_position_encoding=True, rotary_percent=0.5,
+    rotary_interleaved=False, rotary_base=10000.0,
+    activation="gelu", openai_gelu=True, add_bias_linear=True, add_qkv_bias=True,
+    untie_embeddings_and_output_weights=True,
+    apply_residual_connection_post_layernorm=True, deepnorm=True,
+    hidden_dropout=0.0, attention_dropout=0.0,
+)
+
+# Generation 3: ChatGLM2/3 and GLM-4 (RMSNorm, SwiGLU, GQA, partial interleaved RoPE).
+_CHATGLM3 = dict(
+    normalization="RMSNorm", norm_epsilon=1e-5,
+    position_embedding_type="rope", block_position_encoding=False, rotary_percent=0.5,
+    rotary_interleaved=True, rotary_base=10000.0,
+    activation="swiglu", add_bias_linear=False, add_qkv_bias=True,
+    untie_embeddings_and_output_weights=True,
+    hidden_dropout=0.0, attention_dropout=0.0,
+)
+
+PRESETS: dict[str, dict] = {
+    "glm-large": dict(_GLM, num_layers=24, hidden_size=1024, num_attention_heads=16,
+                      ffn_hidden_size=4096, max_position_embeddings=1024),
+    "glm-10b": dict(_GLM, num_layers=48, hidden_size=4096, num_attention_heads=64,
+                    ffn_hidden_size=16384, max_position_embeddings=1024),
+    "chatglm-6b": dict(_CHATGLM, num_layers=28, hidden_size=4096, num_attention_heads=32,
+                       ffn_hidden_size=16384, max_position_embeddings=2048),
+    "chatglm3-6b": dict(_CHATGLM3, num_layers=28, hidden_size=4096, num_attention_heads=32,
+                        num_query_groups=2, kv_channels=128, ffn_hidden_size=13696,
+                        max_position_embeddings=8192),
+    "glm4-9b": dict(_CHATGLM3, num_layers=40, hidden_size=4096, num_attention_heads=32,
+                    num_query_groups=2, kv_channels=128, ffn_hidden_size=13696,
+                    max_position_embeddings=8192, rotary_base=10000.0 * 500,
+                    norm_epsilon=1.5625e-07),
+    "glm4-9b-0414": dict(_CHATGLM3, num_layers=40, hidden_size=4096, num_attention_heads=32,
+                         num_query_groups=2, kv_channels=128, ffn_hidden_size=13696,
+                         max_position_embeddings=32768, post_sublayer_norms=True),
+    # Tiny shapes for tests and the built-in default run, one per generation.
+    "glm-tiny": dict(_GLM, num_layers=2, hidden_size=64, num_attention_heads=4,
+                     ffn_hidden_size=256, max_position_embeddings=256,
+                     hidden_dropout=0.0, attention_dropout=0.0),
+    "chatglm-6b-tiny": dict(_CHATGLM, num_layers=2, hidden_size=64, num_attention_heads=4,
+                            ffn_hidden_size=256, max_position_embeddings=256),
+    "chatglm3-tiny": dict(_CHATGLM3, num_layers=2, hidden_size=64, num_attention_heads=4,
+                          num_query_groups=2, ffn_hidden_size=160, max_position_embeddings=256,
+                          rotary_base=10000.0 * 4),
+    "glm4-0414-tiny": dict(_CHATGLM3, num_layers=2, hidden_size=64, num_attention_heads=4,
+                           num_query_groups=2, ffn_hidden_size=160, max_position_embeddings=256,
+                           post_sublayer_norms=True),
+    # The built-in default run: a small GLM-4-architecture model that learns in minutes on CPU.
+    "glm4-small": dict(_CHATGLM3, num_layers=4, hidden_size=256, num_attention_heads=4,
+                       num_query_groups=2, ffn_hidden_size=704, max_position_embeddings=1024),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)

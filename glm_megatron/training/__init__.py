@@ -1,0 +1,1 @@
+"""Training components: gradient sync, optimizer, checkpoints, metrics and the loop."""

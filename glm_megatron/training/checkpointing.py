@@ -1,0 +1,167 @@
+"""Checkpoints in Megatron-LM's directory layout, written atomically.
+
+    SAVE/latest_checkpointed_iteration.txt      tracker: the newest complete iteration
+    SAVE/iter_0000100/metadata.json             iteration, consumed samples, layout, config, args
+    SAVE/iter_0000100/mp_rank_TT[_PPP]/model_optim_rng.pt
+        model: this rank's shards; partition: {name: [dim, stride]} (how shards form full
+        tensors); optimizer; opt_param_scheduler
+    SAVE/iter_0000100/rng/rank_RRRRR.pt         each rank's RNG states
+
+Everything is written into a hidden temporary directory that is renamed into place only once
+every rank has finished, and the tracker is replaced by rename: a crash at any moment leaves
+the previous checkpoint loadable and the tracker pointing at a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+
+from ..parallel import random as prandom
+from ..parallel.sharding import partition_spec
+
+TRACKER = "latest_checkpointed_iteration.txt"
+METADATA = "metadata.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be used; the message says what to do."""
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def _rank_dir(tp_rank: int, pp_rank: int, pp_size: int) -> str:
+    return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
+
+
+def _write(obj, path: str):
+    torch.save(obj, path)
+
+
+def _replace_file(path: str, text: str):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class TrainingState:
+    iteration: int = 0
+    consumed_samples: int = 0
+
+
+def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler, config,
+                    args_dict: dict):
+    rank = dist.get_rank()
+    final = iteration_dir(root, state.iteration)
+    staging = os.path.join(root, f".staging_iter_{state.iteration:07d}")
+    if rank == 0:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(os.path.join(staging, "rng"))
+    dist.barrier()
+
+    tp, pp, pp_size = (mpu.get_tensor_model_parallel_rank(),
+                       mpu.get_pipeline_model_parallel_rank(),
+                       mpu.get_pipeline_model_parallel_world_size())
+    if mpu.get_data_parallel_rank() == 0:
+        rank_dir = os.path.join(staging, _rank_dir(tp, pp, pp_size))
+        os.makedirs(rank_dir, exist_ok=True)
+        _write({
+            "model": model.state_dict(),
+            "partition": {n: partition_spec(p) for n, p in model.named_parameters()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "opt_param_scheduler": scheduler.state_dict() if scheduler is not None else None,
+        }, os.path.join(rank_dir, "model_optim_rng.pt"))
+    _write(prandom.rng_state_dict(), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
+    dist.barrier()
+
+    if rank == 0:
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "iteration": state.iteration,
+            "consumed_samples": state.consumed_samples,
+            "layout": {"tensor": mpu.get_tensor_model_parallel_world_size(),
+                       "pipeline": pp_size, "data": mpu.get_data_parallel_world_size()},
+            "config": config.to_dict(),
+            "args": args_dict,
+        }
+        _replace_file(os.path.join(staging, METADATA), json.dumps(metadata, indent=2))
+        if os.path.exists(final):  # re-saving an iteration: keep the old copy until replaced
+            displaced = final + ".replaced"
+            shutil.rmtree(displaced, ignore_errors=True)
+            os.rename(final, displaced)
+            os.rename(staging, final)
+            shutil.rmtree(displaced)
+        else:
+            os.rename(staging, final)
+        _replace_file(os.path.join(root, TRACKER), str(state.iteration))
+    dist.barrier()
+
+
+def latest_iteration(root: str) -> Optional[int]:
+    """The tracker's iteration, or None when `root` holds no checkpoint."""
+    tracker = os.path.join(root, TRACKER)
+    if not os.path.isfile(tracker):
+        return None
+    text = open(tracker).read().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{tracker} is not an iteration number; fix or delete it")
+    return int(text)
+
+
+def _resolve_dir(root: str, iteration: int) -> str:
+    path = iteration_dir(root, iteration)
+    if not os.path.isdir(path) and os.path.isdir(path + ".replaced"):
+        return path + ".replaced"  # a crash interrupted a re-save of this same iteration
+    if not os.path.isfile(os.path.join(path, METADATA)):
+        raise CheckpointError(f"--load {root}: {path} is missing or incomplete; point the "
+                              f"tracker {TRACKER} at a complete iteration")
+    return path
+
+
+def read_metadata(root: str) -> Optional[dict]:
+    iteration = latest_iteration(root)
+    if iteration is None:
+        return None
+    with open(os.path.join(_resolve_dir(root, iteration), METADATA)) as f:
+        return json.load(f)
+
+
+def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool = True,
+                    load_rng: bool = True, finetune: bool = False) -> TrainingState:
+    metadata = read_metadata(root)
+    path = _resolve_dir(root, metadata["iteration"])
+    layout = metadata["layout"]
+    here = (mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size())
+    if (layout["tensor"], layout["pipeline"]) != here:
+        raise CheckpointError(
+            f"--load {root} was saved at TP={layout['tensor']} x PP={layout['pipeline']} but "
+            f"this run is TP={here[0]} x PP={here[1]}; launch with the saved layout")
+    tp, pp = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
+    shard = torch.load(os.path.join(path, _rank_dir(tp, pp, here[1]), "model_optim_rng.pt"),
+                       map_location="cpu", weights_only=False)
+    model.load_state_dict(shard["model"])
+    if finetune:
+        return TrainingState()
+    if load_optim and optimizer is not None:
+        optimizer.load_state_dict(shard["optimizer"])
+    if scheduler is not None and shard["opt_param_scheduler"] is not None:
+        scheduler.load_state_dict(shard["opt_param_scheduler"])
+    rng_file = os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt")
+    if load_rng and os.path.isfile(rng_file):
+        prandom.load_rng_state_dict(torch.load(rng_file, weights_only=False))
+    return TrainingState(metadata["iteration"], metadata["consumed_samples"])

@@ -1,0 +1,110 @@
+"""Per-iteration log lines and TensorBoard scalars under Megatron-LM's names, and model FLOPs."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import resource
+import sys
+from typing import Optional
+
+import torch
+
+from ..config import GLMConfig
+
+
+def model_flops_per_iteration(config: GLMConfig, batch_size: int, seq_length: int) -> float:
+    """Megatron-LM's model FLOPs for one forward+backward (num_floating_point_operations)."""
+    h, layers = config.hidden_size, config.num_layers
+    gated = 1.5 if config.gated_mlp else 1.0
+    attention = ((1 + config.num_query_groups / config.num_attention_heads + seq_length / h)
+                 * config.query_projection_size / h)
+    mlp = config.ffn_hidden_size / h * gated
+    logits = config.vocab_size / (2 * layers * h)
+    return 12 * batch_size * seq_length * layers * h * h * (attention + mlp + logits)
+
+
+def memory_megabytes(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "max allocated"
+    # ru_maxrss is KiB on Linux: the process's peak resident set.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
+
+
+class TrainingLogger:
+    """Accumulates per-iteration values and prints Megatron-style lines every `interval`."""
+
+    def __init__(self, interval: int, train_iters: int, writer=None):
+        self.interval, self.train_iters, self.writer = interval, train_iters, writer
+        self._losses: list[float] = []
+        self._elapsed = 0.0
+        self.skipped = self.nan = 0
+
+    def iteration(self, it: int, *, loss: float, lr: float, grad_norm: float, loss_scale: float,
+                  applied: bool, elapsed: float, consumed_samples: int, batch_size: int,
+                  tokens: int, flops: float, world_size: int, device: torch.device):
+        if not applied:
+            self.skipped += 1
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            self.nan += 1
+        self._losses.append(loss)
+        self._elapsed += elapsed
+        if self.writer is not None:
+            for tag, value in (("lm loss", loss), ("learning-rate", lr), ("grad-norm", grad_norm),
+                               ("loss-scale", loss_scale), ("batch-size", batch_size),
+                               ("iteration-time", elapsed)):
+                self.writer.add_scalar(tag, value, it)
+            self.writer.add_scalar("lm loss vs samples", loss, consumed_samples)
+        if it % self.interval and it != self.train_iters:
+            return
+        n = len(self._losses)
+        per_iter = self._elapsed / n
+        mem, mem_kind = memory_megabytes(device)
+        fields = [
+            f"iteration {it:8d}/{self.train_iters:8d}",
+            f"consumed samples: {consumed_samples:12d}",
+            f"elapsed time per iteration (ms): {per_iter * 1000:.1f}",
+            f"throughput per rank (TFLOP/s/rank): {flops / per_iter / world_size / 1e12:.3f}",
+            f"tokens/s: {tokens / per_iter:.0f}",
+            f"learning rate: {lr:.6E}",
+            f"global batch size: {batch_size:5d}",
+            f"lm loss: {sum(self._losses) / n:.6E}",
+            f"loss scale: {loss_scale:.1f}",
+            f"grad norm: {grad_norm:.3f}",
+            f"number of skipped iterations: {self.skipped:3d}",
+            f"number of nan iterations: {self.nan:3d}",
+            f"mem ({mem_kind}): {mem:.0f} MB",
+        ]
+        if self.writer is not None:
+            self.writer.add_scalar("throughput", flops / per_iter / world_size / 1e12, it)
+            self.writer.add_scalar("tokens-per-second", tokens / per_iter, it)
+            self.writer.add_scalar("mem-MB", mem, it)
+            self.writer.flush()
+        print_line(" | ".join(fields) + " |")
+        self._losses, self._elapsed = [], 0.0
+        self.skipped = self.nan = 0
+
+    def validation(self, it: int, loss: float, consumed_samples: int):
+        if self.writer is not None:
+            self.writer.add_scalar("lm loss validation", loss, it)
+            self.writer.add_scalar("lm loss validation vs samples", loss, consumed_samples)
+            self.writer.flush()
+        bar = "-" * 80
+        print_line(f"{bar}\n validation loss at iteration {it} | lm loss value: {loss:.6E} | "
+                   f"lm loss PPL: {_ppl(loss):.6E} |\n{bar}")
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(20.0, loss))
+
+
+def print_line(text: str, stream=None):
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    print(f" [{stamp}] {text}", file=stream or sys.stdout, flush=True)
+
+
+def open_tensorboard(log_dir: Optional[str]):
+    if not log_dir:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=log_dir, max_queue=1000)

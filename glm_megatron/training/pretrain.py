@@ -1,0 +1,247 @@
+"""The pretraining job, top to bottom: layout, tokenizer, config, data, model, optimizer, loop.
+
+Every check that can fail on user input runs before anything is written to --save or
+--tensorboard-dir, so a bad flag never leaves a half-made run directory behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as mpu
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from .. import arguments
+from ..config import ConfigError, GLMConfig
+from ..data.builtin import ensure_builtin_data
+from ..data.datasets import build_datasets
+from ..data.sampler import build_data_loader
+from ..data.tokenizer import GLMTokenizer, padded_vocab_size
+from ..model.builder import build_model
+from ..parallel import state
+from ..parallel.random import set_random_seed
+from . import checkpointing
+from .checkpointing import TrainingState
+from .grads import GradientBuffer
+from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
+from .optimizer import DynamicLossScaler, MixedPrecisionAdamW
+from .step import evaluate, train_step
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def log(text: str):
+    if state.is_rank_zero():
+        print_line(text)
+
+
+def _num_microbatches(args) -> int:
+    per_step = args.micro_batch_size * state.dp_size()
+    if args.global_batch_size % per_step:
+        raise ConfigError(
+            f"--global-batch-size {args.global_batch_size} is not divisible by "
+            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {state.dp_size()}; "
+            f"use a multiple of {per_step}")
+    return args.global_batch_size // per_step
+
+
+def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
+    if args.data_path is None or args.tokenizer_model is None:
+        builtin_prefix, builtin_tokenizer = ensure_builtin_data()
+    data_path = args.data_path if args.data_path is not None else [builtin_prefix]
+    tokenizer_path = args.tokenizer_model or builtin_tokenizer
+    if not os.path.isfile(tokenizer_path):
+        raise ConfigError(f"--tokenizer-model {tokenizer_path} does not exist; give the "
+                          "SentencePiece .model the data was preprocessed with")
+    return data_path, GLMTokenizer(tokenizer_path)
+
+
+def _vocab_size(args, tokenizer: GLMTokenizer, saved: dict | None) -> int:
+    if saved is not None:
+        vocab = saved["config"]["vocab_size"]
+        source = f"the checkpoint in --load {args.load}"
+    elif args.vocab_size is not None:
+        vocab, source = args.vocab_size, "--vocab-size"
+    else:
+        return padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                 args.tensor_model_parallel_size)
+    if tokenizer.vocab_size > vocab:
+        raise ConfigError(f"the tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} "
+                          f"tokens but {source} holds {vocab}; use the model's tokenizer or a "
+                          "larger vocabulary")
+    return vocab
+
+
+def _saved_checkpoint(args) -> dict | None:
+    if not args.load:
+        return None
+    metadata = checkpointing.read_metadata(args.load) if os.path.isdir(args.load) else None
+    if metadata is None:
+        log(f"no checkpoint found in --load {args.load}: starting from scratch")
+    return metadata
+
+
+def _check_config_matches(config: GLMConfig, saved: dict | None, args):
+    if saved is None:
+        return
+    differing = {k: (v, config.to_dict().get(k)) for k, v in saved["config"].items()
+                 if config.to_dict().get(k) != v}
+    if differing:
+        details = ", ".join(f"{k}: saved {a}, flags {b}" for k, (a, b) in differing.items())
+        raise ConfigError(f"--load {args.load} holds a different architecture ({details}); "
+                          "pass the same --model-preset and architecture flags")
+
+
+def _scheduler(args, optimizer) -> OptimizerParamScheduler:
+    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
+        raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    if args.lr_warmup_iters >= args.lr_decay_iters:
+        raise ConfigError(f"--lr-warmup-iters {args.lr_warmup_iters} must be smaller than "
+                          f"--lr-decay-iters {args.lr_decay_iters}")
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=args.lr, min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters, lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay,
+        end_wd=args.weight_decay, wd_incr_steps=args.train_iters, wd_incr_style="constant",
+        wsd_decay_steps=args.lr_wsd_decay_iters, lr_wsd_decay_style=args.lr_wsd_decay_style)
+
+
+@dataclass
+class Job:
+    args: argparse.Namespace
+    config: GLMConfig
+    model: torch.nn.Module
+    grads: GradientBuffer
+    optimizer: MixedPrecisionAdamW
+    scheduler: OptimizerParamScheduler
+    datasets: tuple
+    num_microbatches: int
+
+
+def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
+    layout = state.initialize_parallel(args.tensor_model_parallel_size, 1, args.device)
+    num_microbatches = _num_microbatches(args)
+    set_random_seed(args.seed)
+    data_path, tokenizer = _resolve_data(args)
+    saved = _saved_checkpoint(args)
+    config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
+    config.check_tensor_parallel(layout.tensor)
+    _check_config_matches(config, saved, args)
+    eval_samples = (args.train_iters // args.eval_interval + 1) * args.eval_iters * \
+        args.global_batch_size
+    datasets = build_datasets(
+        data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
+        num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
+        tokenizer=tokenizer)
+    log(f"layout {layout} on {state.device()}, {num_microbatches} micro-batches of "
+        f"{args.micro_batch_size} per rank per iteration; data {' '.join(data_path)}; "
+        f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
+        f"{config.vocab_size})")
+
+    dtype = _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
+    model = build_model(config, args.seed, params_dtype=dtype)
+    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group())
+    scaler = None
+    if args.fp16:
+        scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
+                                   args.min_loss_scale, args.loss_scale_window, args.hysteresis,
+                                   dynamic=args.loss_scale is None)
+    optimizer = MixedPrecisionAdamW(
+        model, lr=args.lr, weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler)
+    scheduler = _scheduler(args, optimizer)
+    progress = TrainingState()
+    if saved is not None:
+        progress = checkpointing.load_checkpoint(
+            args.load, model, optimizer, scheduler, load_optim=not args.no_load_optim,
+            load_rng=not args.no_load_rng, finetune=args.finetune)
+        log(f"loaded {args.load} at iteration {progress.iteration} "
+            f"({progress.consumed_samples} samples consumed)")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
+        f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
+    job = Job(args, config, model, grads, optimizer, scheduler, datasets, num_microbatches)
+    return job, progress
+
+
+def _loader(job: Job, dataset, consumed: int):
+    return build_data_loader(dataset, consumed, job.args.micro_batch_size, state.dp_rank(),
+                             state.dp_size(), num_workers=job.args.num_workers)
+
+
+def _save(job: Job, progress: TrainingState):
+    if not job.args.save:
+        return
+    checkpointing.save_checkpoint(job.args.save, progress, job.model, job.optimizer,
+                                  job.scheduler, job.config, vars(job.args))
+    log(f"saved checkpoint at iteration {progress.iteration} to "
+        f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
+
+
+def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
+    valid = job.datasets[1]
+    if valid is None or job.args.eval_iters == 0:
+        return
+    # The same validation samples every time, so successive values are comparable.
+    loss = evaluate(job.model, iter(_loader(job, valid, 0)), job.args.eval_iters,
+                    job.num_microbatches)
+    if state.is_rank_zero():
+        logger.validation(progress.iteration, loss, progress.consumed_samples)
+
+
+def train(job: Job, progress: TrainingState) -> TrainingState:
+    args = job.args
+    writer = open_tensorboard(args.tensorboard_dir) if state.is_rank_zero() else None
+    logger = TrainingLogger(args.log_interval, args.train_iters, writer)
+    batches = iter(_loader(job, job.datasets[0], progress.consumed_samples))
+    flops = model_flops_per_iteration(job.config, args.global_batch_size, args.seq_length)
+    tokens = args.global_batch_size * args.seq_length
+    stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
+    if progress.iteration == 0 and args.eval_interval:
+        _validate(job, logger, progress)
+    while progress.iteration < stop_at:
+        started = time.perf_counter()
+        loss, applied, grad_norm = train_step(job.model, job.grads, job.optimizer, batches,
+                                              job.num_microbatches)
+        if applied:
+            job.scheduler.step(1)
+        if state.device().type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        progress.iteration += 1
+        progress.consumed_samples += args.global_batch_size
+        if state.is_rank_zero():
+            scaler = job.optimizer.loss_scaler
+            logger.iteration(
+                progress.iteration, loss=loss, lr=job.optimizer.param_groups[0]["lr"],
+                grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
+                elapsed=elapsed, consumed_samples=progress.consumed_samples,
+                batch_size=args.global_batch_size, tokens=tokens, flops=flops,
+                world_size=dist.get_world_size(), device=state.device())
+        if args.eval_interval and progress.iteration % args.eval_interval == 0:
+            _validate(job, logger, progress)
+        if args.save_interval and progress.iteration % args.save_interval == 0 and \
+                progress.iteration < stop_at:
+            _save(job, progress)
+    if args.eval_interval and progress.iteration % args.eval_interval:
+        _validate(job, logger, progress)
+    _save(job, progress)
+    if writer is not None:
+        writer.close()
+        log(f"TensorBoard logs in {os.path.abspath(args.tensorboard_dir)}")
+    return progress
+
+
+def pretrain(argv=None) -> TrainingState:
+    args = arguments.parse_args(argv)
+    try:
+        job, progress = setup(args)
+        return train(job, progress)
+    finally:
+        state.shutdown()
+

@@ -1,0 +1,39 @@
+"""Shared test fixtures: tiny configs per generation and deterministic batches."""
+
+from __future__ import annotations
+
+import torch
+
+from glm_megatron.config import GLMConfig
+from glm_megatron.presets import PRESETS
+
+# One tiny preset per GLM generation, plus GLM-4-0414's extra norms.
+GENERATIONS = ["glm-tiny", "chatglm-6b-tiny", "chatglm3-tiny", "glm4-0414-tiny"]
+VOCAB = 256
+
+
+def tiny_config(preset: str, **overrides) -> GLMConfig:
+    values = dict(PRESETS[preset], vocab_size=VOCAB, hidden_dropout=0.0, attention_dropout=0.0)
+    values.update(overrides)
+    return GLMConfig(**values)
+
+
+def make_batch(kind: str, batch: int = 2, seq: int = 16, seed: int = 0) -> dict:
+    """A 'blank' batch (2D positions and sep, GLM's blank-infilling shape) or a 'causal' one."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB, (batch, seq), generator=g)
+    labels = torch.randint(0, VOCAB, (batch, seq), generator=g)
+    out = {"tokens": tokens, "labels": labels}
+    if kind == "causal":
+        out["position_ids"] = torch.arange(seq).expand(batch, seq).clone()
+        out["loss_mask"] = torch.ones(batch, seq)
+        return out
+    sep = torch.randint(seq // 4, 3 * seq // 4, (batch,), generator=g)
+    t = torch.arange(seq)[None]
+    part_b = t >= sep[:, None]
+    positions = torch.where(part_b, sep[:, None] - 1, t)
+    block_positions = torch.where(part_b, t - sep[:, None] + 1, 0)
+    out["position_ids"] = torch.stack([positions, block_positions], dim=1)
+    out["sep"] = sep
+    out["loss_mask"] = part_b.float()
+    return out
