@@ -4,3 +4,18 @@ import sys
 # Tests import helpers from this folder (multiprocess.py) and run workers in spawned processes.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def single_process_world():
+    """A world of one (gloo) with megatron-core's groups, for in-process model tests."""
+    import glm_megatron  # noqa: F401
+    from glm_megatron.parallel import state
+    from glm_megatron.parallel.random import set_random_seed
+
+    state.initialize_parallel(1, 1, "cpu")
+    set_random_seed(1234)
+    yield
+    state.shutdown()

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state as mpu
 from megatron.core import tensor_parallel
 
 from ..config import GLMConfig
@@ -17,7 +18,8 @@ class Embedding(torch.nn.Module):
         super().__init__()
         self.dropout = config.hidden_dropout
         self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
-            config.vocab_size, config.hidden_size, init_method=no_init, config=mp)
+            config.vocab_size, config.hidden_size, init_method=no_init, config=mp,
+            tp_group=mpu.get_tensor_model_parallel_group())
         mark_partitioned(self.word_embeddings.weight, 0)
         self.position_embeddings = self.block_position_embeddings = None
         if config.position_embedding_type == "learned_absolute":

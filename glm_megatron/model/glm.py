@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state as mpu
 from megatron.core import tensor_parallel
 
 from ..config import GLMConfig
@@ -59,6 +60,7 @@ class GLMForCausalLM(GLMModel):
         tied = not config.untie_embeddings_and_output_weights
         self.output_layer = tensor_parallel.ColumnParallelLinear(
             config.hidden_size, config.vocab_size, config=mp, init_method=no_init,
+            tp_group=mpu.get_tensor_model_parallel_group(),
             bias=False, gather_output=False, skip_weight_param_allocation=tied)
         if not tied:
             mark_partitioned(self.output_layer.weight, 0)

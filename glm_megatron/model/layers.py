@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from megatron.core import ModelParallelConfig, tensor_parallel
+from megatron.core import parallel_state as mpu
 
 from ..config import GLMConfig
 
@@ -39,6 +40,7 @@ def column_parallel(in_features: int, out_features: int, mp: ModelParallelConfig
                     stride: int = 1, init_std: float | None = None):
     layer = tensor_parallel.ColumnParallelLinear(
         in_features, out_features, config=mp, init_method=no_init, bias=bias,
+        tp_group=mpu.get_tensor_model_parallel_group(),
         gather_output=False, stride=stride)
     mark_partitioned(layer.weight, 0, stride)
     _mark(layer, init_std)
@@ -49,6 +51,7 @@ def row_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *
                  init_std: float | None = None):
     layer = tensor_parallel.RowParallelLinear(
         in_features, out_features, config=mp, init_method=no_init, bias=bias,
+        tp_group=mpu.get_tensor_model_parallel_group(),
         input_is_parallel=True, skip_bias_add=False)
     mark_partitioned(layer.weight, 1)
     _mark(layer, init_std)

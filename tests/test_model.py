@@ -1,0 +1,77 @@
+"""Model semantics on one process: GLM's attention structure, heads, config errors."""
+
+import pytest
+import torch
+
+from glm_testing import GENERATIONS, VOCAB, make_batch, tiny_config
+
+
+def _logits(model, batch):
+    return model.logits(batch["tokens"], batch["position_ids"], batch.get("sep")).transpose(0, 1)
+
+
+@pytest.mark.parametrize("preset", GENERATIONS)
+def test_tokens_after_sep_are_invisible_to_part_a(single_process_world, preset):
+    from glm_megatron.model.builder import build_model
+    model = build_model(tiny_config(preset), seed=3).eval()
+    batch = make_batch("blank", batch=1, seq=16)
+    sep = int(batch["sep"][0])
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["tokens"][0, sep:] = (changed["tokens"][0, sep:] + 1) % VOCAB
+    before, after = _logits(model, batch), _logits(model, changed)
+    torch.testing.assert_close(before[0, :sep], after[0, :sep], rtol=0, atol=0)
+    assert not torch.allclose(before[0, sep:], after[0, sep:])
+
+
+@pytest.mark.parametrize("preset", GENERATIONS)
+def test_part_a_is_bidirectional(single_process_world, preset):
+    from glm_megatron.model.builder import build_model
+    model = build_model(tiny_config(preset), seed=3).eval()
+    batch = make_batch("blank", batch=1, seq=16)
+    sep = int(batch["sep"][0])
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["tokens"][0, sep - 1] = (changed["tokens"][0, sep - 1] + 1) % VOCAB
+    # The first token sees the last Part-A token: bidirectional.
+    assert not torch.allclose(_logits(model, batch)[0, 0], _logits(model, changed)[0, 0])
+
+
+def test_causal_without_sep(single_process_world):
+    from glm_megatron.model.builder import build_model
+    model = build_model(tiny_config("chatglm3-tiny"), seed=3).eval()
+    batch = make_batch("causal", batch=1, seq=16)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["tokens"][0, 8] = (changed["tokens"][0, 8] + 1) % VOCAB
+    before, after = _logits(model, batch), _logits(model, changed)
+    torch.testing.assert_close(before[0, :8], after[0, :8], rtol=0, atol=0)
+
+
+def test_mask_matches_definition():
+    from glm_megatron.model.attention import glm_attention_mask
+    sep = torch.tensor([3, 5])
+    mask = glm_attention_mask(sep, 7, torch.device("cpu"))
+    for b in range(2):
+        for i in range(7):
+            for j in range(7):
+                assert bool(mask[b, 0, i, j]) == (j < int(sep[b]) or j <= i)
+
+
+def test_classification_head_pools_rightmost_non_pad(single_process_world):
+    from glm_megatron.model.builder import build_model
+    model = build_model(tiny_config("chatglm3-tiny"), seed=3, num_labels=3, pad_token_id=0).eval()
+    batch = make_batch("causal", batch=2, seq=8)
+    batch["tokens"][:, 5:] = 0  # right padding after 5 real tokens
+    batch["tokens"][:, :5] = batch["tokens"][:, :5].clamp(min=1)
+    pooled = model.pooled_logits(batch["tokens"], batch["position_ids"])
+    hidden = model.hidden_states(batch["tokens"], batch["position_ids"])
+    torch.testing.assert_close(pooled, model.score(hidden[4]))
+    batch["labels"] = torch.tensor([0, 2])
+    assert model(batch).item() > 0
+
+
+def test_tp_divisibility_errors():
+    from glm_megatron.config import ConfigError
+    config = tiny_config("chatglm3-tiny")  # 4 heads, 2 query groups
+    with pytest.raises(ConfigError, match="--num-query-groups"):
+        config.check_tensor_parallel(4)
+    with pytest.raises(ConfigError, match="--num-attention-heads"):
+        tiny_config("glm-tiny", num_attention_heads=3, kv_channels=16).check_tensor_parallel(2)
