@@ -101,8 +101,22 @@ def _optimizer_args(parser: argparse.ArgumentParser):
 
 
 def _parallel_args(parser: argparse.ArgumentParser):
-    g = parser.add_argument_group("parallelism")
+    g = parser.add_argument_group("parallelism and memory")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int,
+                   help="interleaved 1F1B: layers per model chunk")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=int,
+                   help="layers on the first pipeline stage (the rest split evenly)")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=int,
+                   help="layers on the last pipeline stage (the rest split evenly)")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="norms, dropout and residuals on sequence shards (needs TP > 1)")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="shard fp32 master weights and Adam moments over DP ranks (ZeRO-1)")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"])
+    g.add_argument("--recompute-method", choices=["uniform", "block"])
+    g.add_argument("--recompute-num-layers", type=int)
 
 
 def _data_args(parser: argparse.ArgumentParser):

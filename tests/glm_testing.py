@@ -37,3 +37,12 @@ def make_batch(kind: str, batch: int = 2, seq: int = 16, seed: int = 0) -> dict:
     out["sep"] = sep
     out["loss_mask"] = part_b.float()
     return out
+
+
+def micro_batches(step: int, dp_rank: int, dp_size: int, kind: str = "blank",
+                  global_batch: int = 4, micro_batch: int = 1):
+    """This DP rank's micro-batches of step `step`, in Megatron-LM's order: each chunk of
+    micro_batch x dp samples is split, rank r taking slice r."""
+    samples = make_batch(kind, batch=global_batch, seed=100 + step)
+    for start in range(dp_rank * micro_batch, global_batch, micro_batch * dp_size):
+        yield {k: v[start:start + micro_batch] for k, v in samples.items()}

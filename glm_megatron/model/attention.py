@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..config import GLMConfig
 from ..parallel.random import tensor_parallel_rng
+from ..parallel.recompute import checkpoint
 from . import layers
 
 
@@ -34,12 +35,13 @@ def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
 
 
 class SelfAttention(torch.nn.Module):
-    def __init__(self, config: GLMConfig, mp, tp_size: int):
+    def __init__(self, config: GLMConfig, mp, tp_size: int, recompute_core: bool = False):
         super().__init__()
         self.head_dim = config.kv_channels
         self.queries_per_group = config.num_attention_heads // config.num_query_groups
         self.local_groups = config.num_query_groups // tp_size
         self.dropout = config.attention_dropout
+        self.recompute_core = recompute_core
         qkv_size = config.query_projection_size + 2 * config.kv_projection_size
         self.linear_qkv = layers.column_parallel(
             config.hidden_size, qkv_size, mp, bias=config.add_bias_linear or config.add_qkv_bias)
@@ -47,17 +49,9 @@ class SelfAttention(torch.nn.Module):
             config.query_projection_size, config.hidden_size, mp, bias=config.add_bias_linear,
             init_std=config.output_layer_init_std)
 
-    def forward(self, hidden: torch.Tensor, rotary, rotary_tables,
-                mask: Optional[torch.Tensor]) -> torch.Tensor:
-        seq, batch, _ = hidden.shape
-        qkv, _ = self.linear_qkv(hidden)
-        qkv = qkv.view(seq, batch, self.local_groups, self.queries_per_group + 2, self.head_dim)
-        query = qkv[:, :, :, :-2].reshape(seq, batch, -1, self.head_dim)
-        key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
-        if rotary is not None:
-            query = rotary.apply(query, rotary_tables)
-            key = rotary.apply(key, rotary_tables)
-        # [s, b, heads, d] -> [b, heads, s, d] for SDPA.
+    def _core_attention(self, query, key, value, mask):
+        """[s, b, heads, d] in, [s, b, heads * d] out: the part selective recompute redoes."""
+        seq, batch = query.shape[:2]
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout = self.dropout if self.training else 0.0
         # Attention dropout acts on this rank's heads only: draw it from the per-TP-rank stream.
@@ -65,6 +59,21 @@ class SelfAttention(torch.nn.Module):
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
                 enable_gqa=self.queries_per_group > 1)
-        context = context.permute(2, 0, 1, 3).reshape(seq, batch, -1)
+        return context.permute(2, 0, 1, 3).reshape(seq, batch, -1)
+
+    def forward(self, hidden: torch.Tensor, rotary, rotary_tables,
+                mask: Optional[torch.Tensor]) -> torch.Tensor:
+        qkv, _ = self.linear_qkv(hidden)  # under sequence parallelism: the full sequence
+        seq, batch = qkv.shape[:2]
+        qkv = qkv.view(seq, batch, self.local_groups, self.queries_per_group + 2, self.head_dim)
+        query = qkv[:, :, :, :-2].reshape(seq, batch, -1, self.head_dim)
+        key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
+        if rotary is not None:
+            query = rotary.apply(query, rotary_tables)
+            key = rotary.apply(key, rotary_tables)
+        if self.recompute_core and self.training:
+            context = checkpoint(self._core_attention, query, key, value, mask)
+        else:
+            context = self._core_attention(query, key, value, mask)
         output, _ = self.linear_proj(context)
         return output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -10,6 +11,8 @@ from megatron.core import parallel_state as mpu
 from megatron.core import tensor_parallel
 
 from ..config import GLMConfig
+from ..parallel.random import tensor_parallel_rng
+from ..parallel.sequence import split_sequence
 from .layers import mark_partitioned, no_init
 
 
@@ -17,6 +20,7 @@ class Embedding(torch.nn.Module):
     def __init__(self, config: GLMConfig, mp):
         super().__init__()
         self.dropout = config.hidden_dropout
+        self.sequence_parallel = mp.glm_sequence_parallel
         self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, init_method=no_init, config=mp,
             tp_group=mpu.get_tensor_model_parallel_group())
@@ -31,11 +35,16 @@ class Embedding(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
                 block_position_ids: Optional[torch.Tensor]) -> torch.Tensor:
-        """tokens, positions [b, s] -> embeddings [s, b, h]."""
+        """tokens, positions [b, s] -> embeddings [s, b, h] ([s / tp, b, h] sequence-parallel)."""
         embeddings = self.word_embeddings(tokens)
         if self.position_embeddings is not None:
             embeddings = embeddings + self.position_embeddings(position_ids)
         if self.block_position_embeddings is not None:
             embeddings = embeddings + self.block_position_embeddings(block_position_ids)
         embeddings = embeddings.transpose(0, 1).contiguous()
-        return F.dropout(embeddings, p=self.dropout, training=self.training)
+        if self.sequence_parallel:
+            embeddings = split_sequence(embeddings)
+        # Sequence shards differ across TP ranks, so their dropout masks must differ too.
+        rng = tensor_parallel_rng().fork() if self.sequence_parallel else contextlib.nullcontext()
+        with rng:
+            return F.dropout(embeddings, p=self.dropout, training=self.training)

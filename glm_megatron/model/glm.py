@@ -3,7 +3,9 @@
 Batches are dicts (see `glm_megatron.data`): tokens [b, s]; position_ids [b, s] or [b, 2, s]
 (position, block position); optional sep [b] (bidirectional over the first sep tokens, causal
 after; absent = causal); labels [b, s] aligned with tokens; loss_mask [b, s].
-Hidden states inside the model are [s, b, h], as in megatron-core.
+Hidden states inside the model are [s, b, h], as in megatron-core ([s / tp, b, h] between
+sublayers under sequence parallelism). A pipeline stage holds the embedding only if it is the
+first (`pre_process`) and the final norm and head only if it is the last (`post_process`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from megatron.core import tensor_parallel
 from ..config import GLMConfig
 from .attention import glm_attention_mask
 from .embedding import Embedding
-from .layers import mark_partitioned, no_init
+from ..parallel.sequence import gather_sequence
+from .layers import SequenceParallelColumn, mark_partitioned, no_init
+from .options import ExecutionOptions
 from .rotary import RotaryEmbedding
 from .transformer import TransformerBlock
+
+WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 
 def split_position_ids(position_ids: torch.Tensor):
@@ -31,20 +37,26 @@ def split_position_ids(position_ids: torch.Tensor):
 
 
 class GLMModel(torch.nn.Module):
-    """Embedding + transformer layers + final norm; returns hidden states [s, b, h]."""
+    """Embedding + transformer layers + final norm; returns hidden states."""
 
     def __init__(self, config: GLMConfig, mp, tp_size: int,
-                 layer_numbers: Optional[range] = None):
+                 options: ExecutionOptions = ExecutionOptions(),
+                 layer_numbers: Optional[range] = None, pre_process: bool = True,
+                 post_process: bool = True):
         super().__init__()
-        self.config = config
-        self.embedding = Embedding(config, mp)
+        self.config, self.options = config, options
+        self.pre_process, self.post_process = pre_process, post_process
+        self.embedding = Embedding(config, mp) if pre_process else None
         self.rotary = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         numbers = layer_numbers if layer_numbers is not None else range(config.num_layers)
-        self.decoder = TransformerBlock(config, mp, tp_size, numbers, final_norm=True)
+        self.decoder = TransformerBlock(config, mp, tp_size, numbers, post_process, options)
 
-    def hidden_states(self, tokens, position_ids, sep=None) -> torch.Tensor:
+    def hidden_states(self, tokens, position_ids, sep=None,
+                      decoder_input: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """First stage: embed `tokens`; later stages: continue from `decoder_input`."""
         positions, block_positions = split_position_ids(position_ids)
-        hidden = self.embedding(tokens, positions, block_positions)
+        hidden = (self.embedding(tokens, positions, block_positions) if self.pre_process
+                  else decoder_input)
         tables = (self.rotary(positions, block_positions, hidden.dtype)
                   if self.rotary is not None else None)
         mask = glm_attention_mask(sep, tokens.shape[1], tokens.device)
@@ -55,27 +67,43 @@ class GLMForCausalLM(GLMModel):
     """GLM with the language-model head: vocab-parallel logits and cross entropy."""
 
     def __init__(self, config: GLMConfig, mp, tp_size: int,
-                 layer_numbers: Optional[range] = None):
-        super().__init__(config, mp, tp_size, layer_numbers)
-        tied = not config.untie_embeddings_and_output_weights
-        self.output_layer = tensor_parallel.ColumnParallelLinear(
-            config.hidden_size, config.vocab_size, config=mp, init_method=no_init,
-            tp_group=mpu.get_tensor_model_parallel_group(),
-            bias=False, gather_output=False, skip_weight_param_allocation=tied)
-        if not tied:
-            mark_partitioned(self.output_layer.weight, 0)
+                 options: ExecutionOptions = ExecutionOptions(),
+                 layer_numbers: Optional[range] = None, pre_process: bool = True,
+                 post_process: bool = True):
+        super().__init__(config, mp, tp_size, options, layer_numbers, pre_process, post_process)
+        self.tied = not config.untie_embeddings_and_output_weights
+        self.output_layer = None
+        if post_process:
+            # A tied head on the embedding's own stage reuses its weight; on a later pipeline
+            # stage it keeps a copy, drawn identically and kept equal by summing both copies'
+            # gradients over the embedding group (Megatron-LM's scheme).
+            share = self.tied and pre_process
+            self.output_layer = SequenceParallelColumn(
+                config.hidden_size, config.vocab_size, config=mp, init_method=no_init,
+                tp_group=mpu.get_tensor_model_parallel_group(), bias=False,
+                gather_output=False, skip_weight_param_allocation=share)
+            if not share:
+                mark_partitioned(self.output_layer.weight, 0)
+                if self.tied:
+                    self.output_layer.weight.init_name = WORD_EMBEDDINGS
+                    self.output_layer.weight.shared_embedding_copy = True
+
+    def _head_weight(self):
+        return self.embedding.word_embeddings.weight if self.tied and self.pre_process else None
 
     def logits(self, tokens, position_ids, sep=None) -> torch.Tensor:
-        """Vocab-parallel logits [s, b, vocab / tp]."""
+        """Vocab-parallel logits [s, b, vocab / tp] (single-stage models)."""
         hidden = self.hidden_states(tokens, position_ids, sep)
-        weight = (None if self.config.untie_embeddings_and_output_weights
-                  else self.embedding.word_embeddings.weight)
-        logits, _ = self.output_layer(hidden, weight=weight)
+        logits, _ = self.output_layer(hidden, weight=self._head_weight())
         return logits
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        """Mean cross entropy over the tokens the loss mask selects."""
-        logits = self.logits(batch["tokens"], batch["position_ids"], batch.get("sep"))
+    def forward(self, batch: dict, decoder_input: Optional[torch.Tensor] = None):
+        """The masked mean cross entropy on the last stage; hidden states on earlier ones."""
+        hidden = self.hidden_states(batch["tokens"], batch["position_ids"], batch.get("sep"),
+                                    decoder_input)
+        if not self.post_process:
+            return hidden
+        logits, _ = self.output_layer(hidden, weight=self._head_weight())
         labels = batch["labels"].transpose(0, 1).contiguous()
         per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
         loss_mask = batch["loss_mask"].transpose(0, 1).float()
@@ -87,18 +115,20 @@ class GLMForSequenceClassification(GLMModel):
     token that is not padding (GlmForSequenceClassification's pooling)."""
 
     def __init__(self, config: GLMConfig, mp, tp_size: int, num_labels: int, pad_token_id: int,
-                 layer_numbers: Optional[range] = None):
-        super().__init__(config, mp, tp_size, layer_numbers)
+                 options: ExecutionOptions = ExecutionOptions()):
+        super().__init__(config, mp, tp_size, options)
         self.pad_token_id = pad_token_id
         self.score = torch.nn.Linear(config.hidden_size, num_labels, bias=False)
 
     def pooled_logits(self, tokens, position_ids, sep=None) -> torch.Tensor:
-        hidden = self.hidden_states(tokens, position_ids, sep)  # [s, b, h]
+        hidden = self.hidden_states(tokens, position_ids, sep)
+        if self.options.sequence_parallel:
+            hidden = gather_sequence(hidden, replicated_grad=True)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         last = (positions * (tokens != self.pad_token_id)).argmax(dim=-1)  # [b]
         pooled = hidden[last, torch.arange(tokens.shape[0], device=tokens.device)]
         return self.score(pooled)
 
-    def forward(self, batch: dict) -> torch.Tensor:
+    def forward(self, batch: dict):
         logits = self.pooled_logits(batch["tokens"], batch["position_ids"], batch.get("sep"))
         return F.cross_entropy(logits.float(), batch["labels"])

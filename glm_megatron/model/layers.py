@@ -11,17 +11,54 @@ from megatron.core import ModelParallelConfig, tensor_parallel
 from megatron.core import parallel_state as mpu
 
 from ..config import GLMConfig
+from ..parallel.sequence import gather_sequence, split_sequence
 
 
 def model_parallel_config(tp_size: int, params_dtype: torch.dtype = torch.float32,
                           sequence_parallel: bool = False) -> ModelParallelConfig:
-    return ModelParallelConfig(
+    config = ModelParallelConfig(
         tensor_model_parallel_size=tp_size,
-        sequence_parallel=sequence_parallel,
+        # megatron-core's own sequence-parallel path allocates CUDA buffers; the layers below
+        # add device-agnostic sequence-parallel communication around megatron-core's layers.
+        sequence_parallel=False,
         params_dtype=params_dtype,
         use_cpu_initialization=True,  # allocate on the host, move to the device afterwards
         perform_initialization=False,  # weights are drawn by initialize_parameters
     )
+    config.glm_sequence_parallel = sequence_parallel and tp_size > 1
+    return config
+
+
+class SequenceParallelColumn(tensor_parallel.ColumnParallelLinear):
+    """Column-parallel linear that, under sequence parallelism, all-gathers its [s/tp] input
+    (and reduce-scatters the input gradient, so megatron-core's own all-reduce is disabled)."""
+
+    def __init__(self, *args, config: ModelParallelConfig, **kwargs):
+        sp = config.glm_sequence_parallel
+        super().__init__(*args, config=config, disable_grad_reduce=sp, **kwargs)
+        self.glm_sequence_parallel = sp
+
+    def forward(self, input_, weight=None):
+        if self.glm_sequence_parallel:
+            input_ = gather_sequence(input_)
+        return super().forward(input_, weight)
+
+
+class SequenceParallelRow(tensor_parallel.RowParallelLinear):
+    """Row-parallel linear whose all-reduced output is split back to this rank's [s/tp]
+    sequence shard under sequence parallelism (reduce-scatter in two steps)."""
+
+    def __init__(self, *args, config: ModelParallelConfig, **kwargs):
+        super().__init__(*args, config=config, **kwargs)
+        # The bias is added before the split, to every token: its gradient is complete here,
+        # unlike megatron-core's native path, which adds it to the shard.
+        self.glm_sequence_parallel = config.glm_sequence_parallel
+
+    def forward(self, input_):
+        output, bias = super().forward(input_)
+        if self.glm_sequence_parallel:
+            output = split_sequence(output)
+        return output, bias
 
 
 def no_init(_weight):
@@ -38,7 +75,7 @@ def mark_partitioned(weight: torch.nn.Parameter, dim: int, stride: int = 1):
 
 def column_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *, bias: bool,
                     stride: int = 1, init_std: float | None = None):
-    layer = tensor_parallel.ColumnParallelLinear(
+    layer = SequenceParallelColumn(
         in_features, out_features, config=mp, init_method=no_init, bias=bias,
         tp_group=mpu.get_tensor_model_parallel_group(),
         gather_output=False, stride=stride)
@@ -49,7 +86,7 @@ def column_parallel(in_features: int, out_features: int, mp: ModelParallelConfig
 
 def row_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *, bias: bool,
                  init_std: float | None = None):
-    layer = tensor_parallel.RowParallelLinear(
+    layer = SequenceParallelRow(
         in_features, out_features, config=mp, init_method=no_init, bias=bias,
         tp_group=mpu.get_tensor_model_parallel_group(),
         input_is_parallel=True, skip_bias_add=False)
@@ -74,7 +111,7 @@ def _norm_classes():
         return torch.nn.LayerNorm, torch.nn.RMSNorm
 
 
-def norm(config: GLMConfig) -> torch.nn.Module:
+def norm(config: GLMConfig, mp: ModelParallelConfig) -> torch.nn.Module:
     layer_norm, rms_norm = _norm_classes()
     if config.normalization == "RMSNorm":
         module = rms_norm(config.hidden_size, eps=config.norm_epsilon)
@@ -82,4 +119,8 @@ def norm(config: GLMConfig) -> torch.nn.Module:
         module = layer_norm(config.hidden_size, eps=config.norm_epsilon)
         module.bias.init_constant = 0.0
     module.weight.init_constant = 1.0
+    for param in module.parameters():
+        # Under sequence parallelism a norm sees only this rank's tokens: its gradients are
+        # partial sums that finalize_grads all-reduces over TP (as megatron-core marks them).
+        param.sequence_parallel = mp.glm_sequence_parallel
     return module

@@ -13,22 +13,25 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GLMConfig
+from ..parallel.recompute import checkpoint
 from . import layers
 from .attention import SelfAttention
 from .mlp import MLP
+from .options import ExecutionOptions
 
 
 class TransformerLayer(torch.nn.Module):
-    def __init__(self, config: GLMConfig, mp, tp_size: int):
+    def __init__(self, config: GLMConfig, mp, tp_size: int, options: ExecutionOptions):
         super().__init__()
         self.config = config
-        self.input_layernorm = layers.norm(config)
-        self.self_attention = SelfAttention(config, mp, tp_size)
-        self.pre_mlp_layernorm = layers.norm(config)
+        self.input_layernorm = layers.norm(config, mp)
+        self.self_attention = SelfAttention(
+            config, mp, tp_size, recompute_core=options.recompute_granularity == "selective")
+        self.pre_mlp_layernorm = layers.norm(config, mp)
         self.mlp = MLP(config, mp)
         if config.post_sublayer_norms:
-            self.post_self_attn_layernorm = layers.norm(config)
-            self.post_mlp_layernorm = layers.norm(config)
+            self.post_self_attn_layernorm = layers.norm(config, mp)
+            self.post_mlp_layernorm = layers.norm(config, mp)
 
     def _residual_add(self, residual_in, normed_in, sublayer_out, post_norm):
         if post_norm is not None:
@@ -56,15 +59,33 @@ class TransformerBlock(torch.nn.Module):
     """
 
     def __init__(self, config: GLMConfig, mp, tp_size: int, layer_numbers: Iterable[int],
-                 final_norm: bool):
+                 final_norm: bool, options: ExecutionOptions):
         super().__init__()
+        self.options = options
         self.layers = torch.nn.ModuleDict(
-            {str(i): TransformerLayer(config, mp, tp_size) for i in layer_numbers})
-        self.final_layernorm = layers.norm(config) if final_norm else None
+            {str(i): TransformerLayer(config, mp, tp_size, options) for i in layer_numbers})
+        self.final_layernorm = layers.norm(config, mp) if final_norm else None
+
+    def _checkpoint_groups(self) -> list[tuple[list, bool]]:
+        """Runs of consecutive layers and whether each run is recomputed (full granularity):
+        uniform checkpoints every chunk of recompute_num_layers layers; block checkpoints the
+        first recompute_num_layers layers of this stage and keeps the rest."""
+        chain = list(self.layers.values())
+        opts = self.options
+        if not self.training or opts.recompute_granularity != "full":
+            return [(chain, False)]
+        n = opts.recompute_num_layers
+        if opts.recompute_method == "uniform":
+            return [(chain[i:i + n], True) for i in range(0, len(chain), n)]
+        return [(chain[:n], True), (chain[n:], False)]
 
     def forward(self, hidden, rotary, rotary_tables, mask: Optional[torch.Tensor]):
-        for layer in self.layers.values():
-            hidden = layer(hidden, rotary, rotary_tables, mask)
+        for group, recompute in self._checkpoint_groups():
+            def run(h, group=group):
+                for layer in group:
+                    h = layer(h, rotary, rotary_tables, mask)
+                return h
+            hidden = checkpoint(run, hidden) if recompute and group else run(hidden)
         if self.final_layernorm is not None:
             hidden = self.final_layernorm(hidden)
         return hidden

@@ -62,7 +62,8 @@ def initialize_parameters(model: torch.nn.Module, seed: int, default_std: float,
             continue
         std = getattr(param, "init_std", default_std)
         full = torch.empty(full_shape(param, tp_size), dtype=torch.float32)
-        full.normal_(0.0, std, generator=_generator(seed, name))
+        # `init_name` lets a copy (a tied head on the last pipeline stage) draw its original.
+        full.normal_(0.0, std, generator=_generator(seed, getattr(param, "init_name", name)))
         spec = partition_spec(param)
         local = full if spec is None else shard(full, spec[0], spec[1], tp_rank, tp_size)
         param.copy_(local)

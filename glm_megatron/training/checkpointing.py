@@ -4,7 +4,10 @@
     SAVE/iter_0000100/metadata.json             iteration, consumed samples, layout, config, args
     SAVE/iter_0000100/mp_rank_TT[_PPP]/model_optim_rng.pt
         model: this rank's shards; partition: {name: [dim, stride]} (how shards form full
-        tensors); optimizer; opt_param_scheduler
+        tensors); opt_param_scheduler
+    SAVE/iter_0000100/mp_rank_TT[_PPP]/optimizer_dpDDD.pt
+        optimizer state per parameter name as element ranges: one file (DP rank 0) without
+        the distributed optimizer, one per DP rank with it; loads at any DP size
     SAVE/iter_0000100/rng/rank_RRRRR.pt         each rank's RNG states
 
 Everything is written into a hidden temporary directory that is renamed into place only once
@@ -77,15 +80,18 @@ def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler
     tp, pp, pp_size = (mpu.get_tensor_model_parallel_rank(),
                        mpu.get_pipeline_model_parallel_rank(),
                        mpu.get_pipeline_model_parallel_world_size())
-    if mpu.get_data_parallel_rank() == 0:
-        rank_dir = os.path.join(staging, _rank_dir(tp, pp, pp_size))
+    dp_rank = mpu.get_data_parallel_rank()
+    rank_dir = os.path.join(staging, _rank_dir(tp, pp, pp_size))
+    if dp_rank == 0:
         os.makedirs(rank_dir, exist_ok=True)
         _write({
             "model": model.state_dict(),
             "partition": {n: partition_spec(p) for n, p in model.named_parameters()},
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "opt_param_scheduler": scheduler.state_dict() if scheduler is not None else None,
         }, os.path.join(rank_dir, "model_optim_rng.pt"))
+    dist.barrier()
+    if optimizer is not None and (dp_rank == 0 or optimizer.distributed):
+        _write(optimizer.state_dict(), os.path.join(rank_dir, f"optimizer_dp{dp_rank:03d}.pt"))
     _write(prandom.rng_state_dict(), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
     dist.barrier()
 
@@ -158,7 +164,10 @@ def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool 
     if finetune:
         return TrainingState()
     if load_optim and optimizer is not None:
-        optimizer.load_state_dict(shard["optimizer"])
+        rank_dir = os.path.join(path, _rank_dir(tp, pp, here[1]))
+        files = sorted(f for f in os.listdir(rank_dir) if f.startswith("optimizer_dp"))
+        optimizer.load_state_dict([torch.load(os.path.join(rank_dir, f), weights_only=False)
+                                   for f in files])
     if scheduler is not None and shard["opt_param_scheduler"] is not None:
         scheduler.load_state_dict(shard["opt_param_scheduler"])
     rng_file = os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt")

@@ -1,18 +1,28 @@
-"""AdamW over fp32 master weights, with gradient clipping and fp16 loss scaling.
+"""AdamW over fp32 master weights, with gradient clipping, fp16 loss scaling and, optionally,
+the distributed optimizer (ZeRO-1).
 
-Model weights may be fp32, bf16 or fp16; the optimizer always steps fp32 master copies (the
-weights themselves when the model is fp32) using the fp32 `main_grad`s of `GradientBuffer`.
-Weight decay skips norms and biases (every 1-D parameter).
+The optimizer steps "segments": contiguous fp32 pieces of parameters, each with its gradient
+(a view into GradientBuffer's fp32 buffer). Without the distributed optimizer a segment is a
+whole parameter (the parameter itself when the model is fp32); with it, segments are the pieces
+of this DP rank's slice of every gradient bucket, views into one fp32 master shard per bucket
+that is all-gathered back into the model after the step. Weight decay skips norms and biases
+(every 1-D parameter).
+
+Optimizer state is saved per parameter name as (start, end) element ranges of the flattened
+parameter, so it loads at any DP size, with or without the distributed optimizer.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as mpu
+
+from .grads import GradientBuffer
 
 
 class DynamicLossScaler:
@@ -46,35 +56,75 @@ class DynamicLossScaler:
         self.scale, self._tracker, self._clean_steps = sd["scale"], sd["tracker"], sd["clean_steps"]
 
 
-def _is_no_decay(name: str, param: torch.Tensor) -> bool:
-    return param.dim() == 1 or name.endswith(".bias")
+def counts_for_norm(param: torch.Tensor) -> bool:
+    """Count every parameter once in the global norm: replicated ones on TP rank 0 only, and
+    tied embeddings on the first pipeline stage only."""
+    if getattr(param, "shared_embedding_copy", False):
+        return False
+    return (getattr(param, "tensor_model_parallel", False)
+            or mpu.get_tensor_model_parallel_rank() == 0)
 
 
-def _counts_for_norm(param: torch.Tensor) -> bool:
-    """Replicated parameters are counted on TP rank 0 only, so the norm counts each once."""
-    return getattr(param, "tensor_model_parallel", False) or mpu.get_tensor_model_parallel_rank() == 0
+@dataclass
+class Segment:
+    name: str
+    param: torch.nn.Parameter
+    start: int  # element range of param.view(-1)
+    end: int
+    master: torch.Tensor  # fp32, updated in place by AdamW
+    grad: torch.Tensor  # fp32 view into GradientBuffer
+
+    @property
+    def decays(self) -> bool:
+        return not (self.param.dim() == 1 or self.name.endswith(".bias"))
+
+
+def _whole_parameter_segments(named, grads: GradientBuffer) -> list[Segment]:
+    segments = []
+    for name, p in named:
+        master = p if p.dtype == torch.float32 else p.detach().float()
+        segments.append(Segment(name, p, 0, p.numel(), master, p.main_grad))
+    return segments
+
+
+def _sharded_segments(named, grads: GradientBuffer) -> tuple[list[Segment], list]:
+    """Pieces of this rank's slice of every bucket; returns them and, per bucket, the fp32
+    master shard they are views of."""
+    names = {p: n for n, p in named}
+    segments, shards = [], []
+    for bucket in grads.buckets:
+        own_start, own_end = grads.owned_range(bucket)
+        shard = torch.zeros(own_end - own_start, dtype=torch.float32, device=grads.buffer.device)
+        shards.append(shard)
+        for p in bucket.params:
+            begin = grads.offsets[p]
+            lo, hi = max(begin, own_start), min(begin + p.numel(), own_end)
+            if lo >= hi:
+                continue
+            master = shard[lo - own_start:hi - own_start]
+            master.copy_(p.detach().reshape(-1)[lo - begin:hi - begin])
+            segments.append(Segment(names[p], p, lo - begin, hi - begin, master,
+                                    grads.buffer[lo:hi]))
+    return segments, shards
 
 
 class MixedPrecisionAdamW:
-    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float,
-                 betas: tuple[float, float], eps: float, clip_grad: float,
+    def __init__(self, model: torch.nn.Module, grads: GradientBuffer, *, lr: float,
+                 weight_decay: float, betas: tuple[float, float], eps: float, clip_grad: float,
                  loss_scaler: Optional[DynamicLossScaler] = None):
-        self.clip_grad = clip_grad
-        self.loss_scaler = loss_scaler
+        self.grads, self.clip_grad, self.loss_scaler = grads, clip_grad, loss_scaler
+        self.distributed = grads.shard_over_dp
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.model_params = [p for _, p in named]
-        self.master_params = [p if p.dtype == torch.float32 else
-                              p.detach().float().requires_grad_() for p in self.model_params]
-        groups = {True: [], False: []}
-        for (name, p), master in zip(named, self.master_params):
-            groups[_is_no_decay(name, p)].append(master)
-        param_groups = [{"params": groups[False], "wd_mult": 1.0},
-                        {"params": groups[True], "wd_mult": 0.0}]
-        param_groups = [g for g in param_groups if g["params"]]
-        device = self.model_params[0].device
-        fused = device.type in ("cuda", "cpu")
-        self.optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps,
-                                           weight_decay=weight_decay, fused=fused)
+        if self.distributed:
+            self.segments, self.shards = _sharded_segments(named, grads)
+        else:
+            self.segments, self.shards = _whole_parameter_segments(named, grads), []
+        groups = [{"params": [s.master for s in self.segments if s.decays], "wd_mult": 1.0},
+                  {"params": [s.master for s in self.segments if not s.decays], "wd_mult": 0.0}]
+        device = grads.buffer.device
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps,
+            weight_decay=weight_decay, fused=device.type in ("cuda", "cpu"))
 
     @property
     def param_groups(self):
@@ -84,32 +134,32 @@ class MixedPrecisionAdamW:
         return loss * self.loss_scaler.scale if self.loss_scaler else loss
 
     def _global_grad_norm(self) -> float:
-        grads = [m.grad for m, p in zip(self.master_params, self.model_params)
-                 if _counts_for_norm(p)]
-        device = self.master_params[0].device
-        sq = (torch.stack([g.pow(2).sum() for g in grads]).sum() if grads
-              else torch.zeros((), device=device))
-        sq = sq.reshape(1).double()
+        counted = [s.grad for s in self.segments if counts_for_norm(s.param)]
+        device = self.grads.buffer.device
+        sq = (torch.stack([g.double().pow(2).sum() for g in counted]).sum().reshape(1)
+              if counted else torch.zeros(1, dtype=torch.float64, device=device))
+        if self.distributed:  # each DP rank holds a disjoint slice
+            dist.all_reduce(sq, group=mpu.get_data_parallel_group())
         dist.all_reduce(sq, group=mpu.get_model_parallel_group())
         return math.sqrt(sq.item()) if math.isfinite(sq.item()) else float("nan")
 
     @torch.no_grad()
     def step(self) -> tuple[bool, float]:
         """One update; returns (applied, grad norm). Non-finite gradients skip the update."""
-        # The fp32 gradient views become .grad only for the step: left in place, autograd
-        # would accumulate into them directly, behind GradientBuffer's hook.
-        for model_param, master in zip(self.model_params, self.master_params):
-            master.grad = model_param.main_grad
+        # Gradients become .grad only for the step: left on an fp32 parameter, autograd would
+        # accumulate into them directly, behind GradientBuffer's hook.
+        for s in self.segments:
+            s.master.grad = s.grad.view_as(s.master)
         try:
             return self._step()
         finally:
-            for master in self.master_params:
-                master.grad = None
+            for s in self.segments:
+                s.master.grad = None
 
     def _step(self) -> tuple[bool, float]:
         if self.loss_scaler:
-            for master in self.master_params:
-                master.grad.mul_(1.0 / self.loss_scaler.scale)
+            for s in self.segments:
+                s.master.grad.mul_(1.0 / self.loss_scaler.scale)
         grad_norm = self._global_grad_norm()
         finite = math.isfinite(grad_norm)
         if self.loss_scaler:
@@ -118,28 +168,82 @@ class MixedPrecisionAdamW:
             return False, grad_norm
         if self.clip_grad > 0 and grad_norm > self.clip_grad:
             coefficient = self.clip_grad / (grad_norm + 1e-6)
-            for master in self.master_params:
-                master.grad.mul_(coefficient)
+            for s in self.segments:
+                s.master.grad.mul_(coefficient)
         self.optimizer.step()
-        for model_param, master in zip(self.model_params, self.master_params):
-            if model_param is not master:
-                model_param.copy_(master)
+        self._publish()
         return True, grad_norm
 
+    def _publish(self):
+        """Copy updated master weights into the model (all-gathering the DP shards)."""
+        if not self.distributed:
+            for s in self.segments:
+                if s.master is not s.param:
+                    s.param.copy_(s.master.view_as(s.param))
+            return
+        dp_group = mpu.get_data_parallel_group()
+        for bucket, shard in zip(self.grads.buckets, self.shards):
+            full = torch.empty(bucket.end - bucket.start, dtype=torch.float32, device=shard.device)
+            dist.all_gather_into_tensor(full, shard, group=dp_group)
+            for p in bucket.params:
+                begin = self.grads.offsets[p] - bucket.start
+                p.copy_(full[begin:begin + p.numel()].view_as(p))
+
+    # Checkpointing: per-parameter-name ranges, independent of DP size and optimizer kind.
     def state_dict(self) -> dict:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "master_params": [m.detach().clone() for m, p in
-                              zip(self.master_params, self.model_params) if m is not p],
-            "loss_scaler": self.loss_scaler.state_dict() if self.loss_scaler else None,
-        }
+        params = {}
+        for s in self.segments:
+            state = self.optimizer.state.get(s.master, {})
+            entry = {"start": s.start, "end": s.end}
+            if s.master is not s.param:  # an fp32 model's weights are their own masters
+                entry["master"] = s.master.detach().reshape(-1).clone()
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    entry[key] = state[key].reshape(-1).clone()
+            params.setdefault(s.name, []).append(entry)
+        steps = [float(v["step"]) for v in self.optimizer.state.values() if "step" in v]
+        return {"params": params, "step": steps[0] if steps else 0.0,
+                "loss_scaler": self.loss_scaler.state_dict() if self.loss_scaler else None}
 
     @torch.no_grad()
-    def load_state_dict(self, sd: dict):
-        self.optimizer.load_state_dict(sd["optimizer"])
-        masters = iter(sd["master_params"])
-        for model_param, master in zip(self.model_params, self.master_params):
-            if model_param is not master:
-                master.copy_(next(masters))
-        if self.loss_scaler and sd["loss_scaler"]:
-            self.loss_scaler.load_state_dict(sd["loss_scaler"])
+    def load_state_dict(self, state_dicts: list[dict]):
+        """Load from the state dicts of every DP rank of the saved layout (one when it was saved
+        without the distributed optimizer)."""
+        pieces: dict[str, list] = {}
+        for sd in state_dicts:
+            for name, entries in sd["params"].items():
+                pieces.setdefault(name, []).extend(entries)
+        step = state_dicts[0]["step"]
+        for s in self.segments:
+            if s.name not in pieces:
+                raise KeyError(f"optimizer state has no entry for {s.name}")
+            keys = [k for k in ("master", "exp_avg", "exp_avg_sq") if k in pieces[s.name][0]]
+            values = {k: _gather_range(pieces[s.name], k, s.start, s.end) for k in keys}
+            if "master" in values:
+                s.master.copy_(values["master"].view_as(s.master))
+            else:  # saved from an fp32 model: its weights, already loaded, are the masters
+                s.master.copy_(s.param.detach().reshape(-1)[s.start:s.end].view_as(s.master))
+            if step > 0:
+                device = s.master.device
+                self.optimizer.state[s.master] = {
+                    "step": torch.tensor(step, dtype=torch.float32, device=device),
+                    "exp_avg": values["exp_avg"].to(device).view_as(s.master).clone(),
+                    "exp_avg_sq": values["exp_avg_sq"].to(device).view_as(s.master).clone(),
+                }
+        if self.loss_scaler and state_dicts[0]["loss_scaler"]:
+            self.loss_scaler.load_state_dict(state_dicts[0]["loss_scaler"])
+        self._publish()  # the model's 16-bit weights are rounded copies of the masters
+
+
+def _gather_range(entries: list[dict], key: str, start: int, end: int) -> torch.Tensor:
+    """Elements [start, end) of a flattened parameter's `key` from saved (start, end) pieces."""
+    out = torch.empty(end - start, dtype=torch.float32)
+    covered = 0
+    for e in entries:
+        lo, hi = max(start, e["start"]), min(end, e["end"])
+        if lo < hi:
+            out[lo - start:hi - start] = e[key][lo - e["start"]:hi - e["start"]]
+            covered += hi - lo
+    if covered != end - start:
+        raise KeyError(f"optimizer state covers {covered} of {end - start} elements")
+    return out

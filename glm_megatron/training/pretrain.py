@@ -22,8 +22,11 @@ from ..data.builtin import ensure_builtin_data
 from ..data.datasets import build_datasets
 from ..data.sampler import build_data_loader
 from ..data.tokenizer import GLMTokenizer, padded_vocab_size
-from ..model.builder import build_model
+from ..model.builder import build_model_chunks
+from ..model.chunks import ModelChunks
+from ..model.options import ExecutionOptions
 from ..parallel import state
+from ..parallel.pipeline import PipelineSchedule
 from ..parallel.random import set_random_seed
 from . import checkpointing
 from .checkpointing import TrainingState
@@ -77,6 +80,32 @@ def _vocab_size(args, tokenizer: GLMTokenizer, saved: dict | None) -> int:
     return vocab
 
 
+def _virtual_stages(args, config: GLMConfig) -> int:
+    per_chunk = args.num_layers_per_virtual_pipeline_stage
+    if per_chunk is None:
+        return 1
+    pp = args.pipeline_model_parallel_size
+    if pp == 1:
+        raise ConfigError("--num-layers-per-virtual-pipeline-stage needs "
+                          "--pipeline-model-parallel-size > 1")
+    if args.decoder_first_pipeline_num_layers or args.decoder_last_pipeline_num_layers:
+        raise ConfigError("--decoder-first/last-pipeline-num-layers cannot be combined with "
+                          "--num-layers-per-virtual-pipeline-stage")
+    if config.num_layers % (pp * per_chunk):
+        raise ConfigError(f"--num-layers {config.num_layers} is not divisible by "
+                          f"--pipeline-model-parallel-size {pp} x "
+                          f"--num-layers-per-virtual-pipeline-stage {per_chunk}")
+    return config.num_layers // (pp * per_chunk)
+
+
+def _execution_options(args) -> ExecutionOptions:
+    if args.sequence_parallel and args.seq_length % args.tensor_model_parallel_size:
+        raise ConfigError(f"--sequence-parallel needs --seq-length {args.seq_length} divisible "
+                          f"by --tensor-model-parallel-size {args.tensor_model_parallel_size}")
+    return ExecutionOptions(args.sequence_parallel, args.recompute_granularity,
+                            args.recompute_method, args.recompute_num_layers)
+
+
 def _saved_checkpoint(args) -> dict | None:
     if not args.load:
         return None
@@ -115,23 +144,31 @@ def _scheduler(args, optimizer) -> OptimizerParamScheduler:
 class Job:
     args: argparse.Namespace
     config: GLMConfig
-    model: torch.nn.Module
+    model: ModelChunks
     grads: GradientBuffer
     optimizer: MixedPrecisionAdamW
     scheduler: OptimizerParamScheduler
     datasets: tuple
     num_microbatches: int
+    pipeline: PipelineSchedule | None
 
 
 def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
-    layout = state.initialize_parallel(args.tensor_model_parallel_size, 1, args.device)
+    layout = state.initialize_parallel(args.tensor_model_parallel_size,
+                                       args.pipeline_model_parallel_size, args.device)
     num_microbatches = _num_microbatches(args)
+    options = _execution_options(args)
     set_random_seed(args.seed)
     data_path, tokenizer = _resolve_data(args)
     saved = _saved_checkpoint(args)
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
     _check_config_matches(config, saved, args)
+    virtual = _virtual_stages(args, config)
+    if virtual > 1 and num_microbatches % layout.pipeline:
+        raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
+                          f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
+                          f"{layout.pipeline}; adjust --global-batch-size")
     eval_samples = (args.train_iters // args.eval_interval + 1) * args.eval_iters * \
         args.global_batch_size
     datasets = build_datasets(
@@ -144,15 +181,20 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         f"{config.vocab_size})")
 
     dtype = _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
-    model = build_model(config, args.seed, params_dtype=dtype)
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group())
+    model = build_model_chunks(
+        config, args.seed, params_dtype=dtype, options=options, virtual_stages=virtual,
+        first_stage_layers=args.decoder_first_pipeline_num_layers,
+        last_stage_layers=args.decoder_last_pipeline_num_layers)
+    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
+                           shard_over_dp=args.use_distributed_optimizer,
+                           deferred_params=tuple(model.tied_embedding_copies()))
     scaler = None
     if args.fp16:
         scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
                                    args.min_loss_scale, args.loss_scale_window, args.hysteresis,
                                    dynamic=args.loss_scale is None)
     optimizer = MixedPrecisionAdamW(
-        model, lr=args.lr, weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+        model, grads, lr=args.lr, weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler)
     scheduler = _scheduler(args, optimizer)
     progress = TrainingState()
@@ -165,7 +207,12 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
-    job = Job(args, config, model, grads, optimizer, scheduler, datasets, num_microbatches)
+    pipeline = None
+    if layout.pipeline > 1:
+        pipeline = PipelineSchedule(list(model.chunks), num_microbatches, virtual,
+                                    optimizer.scale_loss)
+    job = Job(args, config, model, grads, optimizer, scheduler, datasets, num_microbatches,
+              pipeline)
     return job, progress
 
 
@@ -189,7 +236,7 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
         return
     # The same validation samples every time, so successive values are comparable.
     loss = evaluate(job.model, iter(_loader(job, valid, 0)), job.args.eval_iters,
-                    job.num_microbatches)
+                    job.num_microbatches, job.pipeline)
     if state.is_rank_zero():
         logger.validation(progress.iteration, loss, progress.consumed_samples)
 
@@ -207,7 +254,7 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
     while progress.iteration < stop_at:
         started = time.perf_counter()
         loss, applied, grad_norm = train_step(job.model, job.grads, job.optimizer, batches,
-                                              job.num_microbatches)
+                                              job.num_microbatches, job.pipeline)
         if applied:
             job.scheduler.step(1)
         if state.device().type == "cuda":

@@ -1,0 +1,13 @@
+"""Checkpoint conversion: Hugging Face export and import, and resharding between layouts.
+
+- schema.py: our parameters (names, full shapes, TP splits) derived from a GLMConfig.
+- transforms.py: the named row transforms (split QKV, regroup per query group, fused layouts).
+- mapping.py / layouts.py: the key tables of every Hugging Face layout, shared by both directions.
+- checkpoint.py: streaming reader/writer of our checkpoint format at any layout.
+- hf_files.py: streaming sharded safetensors writer, lazy safetensors/.bin reader.
+- export.py, hf_import.py, reshard.py: the three conversions the tools in tools/checkpoint run.
+"""
+
+from .errors import ConversionError
+
+__all__ = ["ConversionError"]
