@@ -68,7 +68,7 @@ def _training_args(parser: argparse.ArgumentParser):
     g.add_argument("--seq-length", type=int, default=256)
     g.add_argument("--micro-batch-size", type=int, default=4)
     g.add_argument("--global-batch-size", type=int, default=16)
-    g.add_argument("--train-iters", type=int, default=200)
+    g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master")
     g.add_argument("--fp16", action="store_true",
@@ -88,7 +88,8 @@ def _optimizer_args(parser: argparse.ArgumentParser):
     g.add_argument("--min-lr", type=float, default=1e-4)
     g.add_argument("--lr-decay-style", default="cosine",
                    choices=["constant", "linear", "cosine", "WSD"])
-    g.add_argument("--lr-warmup-iters", type=int, default=20)
+    g.add_argument("--lr-warmup-iters", type=int,
+                   help="default: 10%% of --lr-decay-iters")
     g.add_argument("--lr-decay-iters", type=int, help="default --train-iters")
     g.add_argument("--lr-wsd-decay-iters", type=int, help="WSD: iterations of the final decay")
     g.add_argument("--lr-wsd-decay-style", default="linear",
@@ -141,7 +142,7 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
     g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")
     g = parser.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--eval-interval", type=int, default=100)
+    g.add_argument("--eval-interval", type=int, default=50)
     g.add_argument("--eval-iters", type=int, default=10)
     g.add_argument("--tensorboard-dir")
 
@@ -163,6 +164,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_iters is None:
+        args.lr_warmup_iters = args.lr_decay_iters // 10
     if args.data_path is None:
         args.save = args.save or f"{BUILTIN_RUN_DIR}/checkpoints"
         args.tensorboard_dir = args.tensorboard_dir or f"{BUILTIN_RUN_DIR}/tensorboard"

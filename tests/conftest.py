@@ -1,9 +1,12 @@
 import os
 import sys
+import tempfile
 
 # Tests import helpers from this folder (multiprocess.py) and run workers in spawned processes.
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One fresh built-in corpus build per test session, never the user's own cache.
+os.environ.setdefault("GLM_MEGATRON_CACHE", tempfile.mkdtemp(prefix="glm_megatron_cache_"))
 
 import pytest  # noqa: E402
 

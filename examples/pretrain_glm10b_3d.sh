@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A GLM-10B-shaped 3D layout: TP x PP x DP with the distributed optimizer, sequence
+# parallelism and full activation recomputation, in bf16.
+#
+# On a cluster (8 GPUs per node, run once per node; set MASTER_ADDR and NODE_RANK):
+#   NNODES=4 DATA_PATH=/data/corpus_text_document TOKENIZER=/data/tokenizer.model \
+#       examples/pretrain_glm10b_3d.sh
+#   -> 32 GPUs = TP 4 x PP 4 x DP 2.
+#
+# On one CPU machine with a tiny preset (8 processes = TP 2 x PP 2 x DP 2, built-in corpus):
+#   PRESET=glm-tiny TP=2 PP=2 NPROC=8 SEQ_LENGTH=128 TRAIN_ITERS=4 examples/pretrain_glm10b_3d.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PRESET=${PRESET:-glm-10b}
+TP=${TP:-4}
+PP=${PP:-4}
+NPROC=${NPROC:-8}
+NNODES=${NNODES:-1}
+PRECISION=${PRECISION:---bf16}
+DATA_ARGS=()
+if [[ -n "${DATA_PATH:-}" ]]; then
+    DATA_ARGS=(--data-path "$DATA_PATH" --tokenizer-model "$TOKENIZER")
+fi
+if [[ "$NNODES" -gt 1 ]]; then
+    LAUNCH=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR"
+            --master_port "${MASTER_PORT:-6000}")
+else
+    LAUNCH=(--standalone)
+fi
+
+torchrun "${LAUNCH[@]}" --nproc_per_node "$NPROC" pretrain_glm.py \
+    --model-preset "$PRESET" \
+    --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP" \
+    --sequence-parallel --use-distributed-optimizer \
+    --recompute-granularity full --recompute-method uniform --recompute-num-layers 1 \
+    "$PRECISION" \
+    --seq-length "${SEQ_LENGTH:-1024}" --micro-batch-size 1 --global-batch-size "${GLOBAL_BATCH:-8}" \
+    --train-iters "${TRAIN_ITERS:-100}" --lr 1e-4 --min-lr 1e-5 --lr-decay-style cosine \
+    --lr-warmup-iters 2 --adam-beta1 0.9 --adam-beta2 0.95 --weight-decay 0.1 --clip-grad 1.0 \
+    --log-interval 1 --eval-interval 1000 --eval-iters 1 \
+    --save "${SAVE:-runs/glm10b_3d/checkpoints}" --tensorboard-dir "${SAVE:-runs/glm10b_3d}/tensorboard" \
+    "${DATA_ARGS[@]}" "$@"

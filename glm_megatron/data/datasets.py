@@ -1,0 +1,211 @@
+"""Train/valid/test datasets for the causal objective, built by megatron-core.
+
+`--data-path` is Megatron-LM's: one PREFIX, or a weighted blend W1 PREFIX1 W2 PREFIX2 ... of
+indexed datasets (PREFIX.bin + PREFIX.idx). megatron-core's BlendedMegatronDatasetBuilder makes
+GPTDatasets (and a BlendedDataset for a blend): documents are split train/valid/test by
+contiguous ranges per `--split`, shuffled with the seed, and packed into samples of seq_length
+tokens. With torch.distributed initialized, rank 0 builds the sample indices first and the
+other ranks load them from the cache (a folder beside the first prefix).
+
+Each sample (and, stacked, each batch) is
+    tokens        int64   [s]  input ids
+    labels        int64   [s]  target at each position: the next token
+    loss_mask     float32 [s]  1 everywhere (end-of-document tokens are trained on, as in Megatron)
+    position_ids  int64   [s]  0 .. s-1 (no reset at document boundaries, as in Megatron)
+No "sep" key: every position attends causally.
+
+Input problems that megatron-core reports badly (asserts, or a split with no tokens, on which
+GPTDataset loops forever) are checked first and raised as DataError naming the flag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import struct
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+import numpy
+import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import DType
+
+SPLIT_NAMES = ("train", "valid", "test")
+_BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+_IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequences, documents
+_PREFIX_HINT = ("give the prefix of a .bin/.idx pair without the extension, as written by "
+                "glm_megatron.data.indexed.write_indexed_dataset or Megatron-LM's "
+                "preprocess_data.py")
+
+
+class DataError(ValueError):
+    """The data flags (--data-path, --split) point at data that cannot be used."""
+
+
+def parse_data_path(data_path: Sequence[str]) -> tuple[list[str], Optional[list[float]]]:
+    """[PREFIX] -> ([PREFIX], None); [W1, P1, W2, P2, ...] -> ([P1, P2, ...], [W1, W2, ...])."""
+    items = list(data_path)
+    if len(items) == 1:
+        return items, None
+    if not items or len(items) % 2:
+        raise DataError(f"--data-path {' '.join(items)}: give one PREFIX or weighted pairs "
+                        "W1 PREFIX1 W2 PREFIX2 ...")
+    weights = []
+    for text in items[0::2]:
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and weight > 0):
+            raise DataError(f"--data-path: {text!r} is not a positive weight; a blend is "
+                            "W1 PREFIX1 W2 PREFIX2 ... with numbers for W")
+        weights.append(weight)
+    return items[1::2], weights
+
+
+def _check_split(split: str):
+    parts = re.split(r"[,/]", split)
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3 or not all(math.isfinite(v) and v >= 0 for v in values) or \
+            sum(values) <= 0:
+        raise DataError(f"--split {split!r}: give up to three non-negative train,valid,test "
+                        "weights with a positive sum, e.g. 969,30,1")
+
+
+def read_sequence_lengths(prefix: str) -> numpy.ndarray:
+    """Tokens per document of an indexed dataset, after checking that its .idx is whole and
+    agrees with its .bin; DataError otherwise."""
+    for ext in (".bin", ".idx"):
+        if prefix.endswith(ext):
+            raise DataError(f"--data-path {prefix}: drop the {ext} extension; {_PREFIX_HINT}")
+        if not os.path.isfile(prefix + ext):
+            raise DataError(f"--data-path {prefix}: {prefix}{ext} does not exist; {_PREFIX_HINT}")
+    idx_path = prefix + ".idx"
+    try:
+        with open(idx_path, "rb") as f:
+            header = f.read(_IDX_HEADER.size)
+        idx_size, bin_size = os.path.getsize(idx_path), os.path.getsize(prefix + ".bin")
+    except OSError as error:
+        raise DataError(f"--data-path {prefix}: cannot read it ({error})") from error
+    if len(header) < _IDX_HEADER.size or not header.startswith(_IDX_MAGIC):
+        raise DataError(f"--data-path {prefix}: {idx_path} is not a Megatron index (truncated "
+                        "or another format); write the dataset again")
+    _, version, code, sequences, documents = _IDX_HEADER.unpack(header)
+    if version != 1 or code not in {d.value for d in DType}:
+        raise DataError(f"--data-path {prefix}: {idx_path} has an unknown version or dtype")
+    if idx_size < _IDX_HEADER.size + 12 * sequences + 8 * documents:
+        raise DataError(f"--data-path {prefix}: {idx_path} is truncated (a write was cut "
+                        "short?); write the dataset again")
+    if sequences == 0:
+        raise DataError(f"--data-path {prefix}: the dataset holds no documents")
+    lengths = numpy.fromfile(idx_path, dtype=numpy.int32, count=sequences,
+                             offset=_IDX_HEADER.size)
+    expected = int(lengths.sum(dtype=numpy.int64)) * DType.size(code)
+    if bin_size != expected:
+        raise DataError(f"--data-path {prefix}: {prefix}.bin has {bin_size} bytes but its .idx "
+                        f"describes {expected}; the pair is truncated or from different writes, "
+                        "write the dataset again")
+    return lengths
+
+
+def _active_splits(config: GPTDatasetConfig, prefixes: list[str], lengths: list[numpy.ndarray],
+                   num_samples: Sequence[int], split: str) -> list:
+    """The split matrix with the splits nobody draws from turned off; DataError for a split that
+    samples are requested from but that holds no tokens (megatron-core would loop forever), or
+    for a train split without a share."""
+    matrix = []
+    for i, (bounds, wanted) in enumerate(zip(config.split_matrix, num_samples)):
+        name = SPLIT_NAMES[i]
+        if not wanted or bounds is None:
+            if wanted and name == "train":  # valid/test without a share: no evaluation
+                raise DataError(f"--split {split} gives the train split no share but {wanted} "
+                                "train samples are needed")
+            matrix.append(None)
+            continue
+        for prefix, doc_lengths in zip(prefixes, lengths):
+            n = len(doc_lengths)
+            begin, end = (int(round(b * n)) for b in bounds)
+            if doc_lengths[begin:end].sum() == 0:
+                raise DataError(
+                    f"--split {split} leaves the {name} split of --data-path {prefix} empty (it "
+                    f"has {n} documents) but {wanted} {name} samples are needed; give {name} a "
+                    "larger share, or 0 to turn it off, or use more data")
+        matrix.append(bounds)
+    return matrix
+
+
+class _MegatronTokenizer:
+    """What megatron-core's GPT dataset reads from a tokenizer; `unique_identifiers` enters the
+    key of its cached indices."""
+
+    def __init__(self, tokenizer):
+        self.vocab_size, self.eod, self.pad = tokenizer.vocab_size, tokenizer.eod, tokenizer.pad
+        self.unique_identifiers = OrderedDict(
+            [("class", "GLMTokenizer"), ("vocab_size", self.vocab_size), ("eod", self.eod),
+             ("pad", self.pad)])
+
+
+def _default_cache_path(prefixes: list[str]) -> str:
+    """Beside the first prefix, one folder per version of the data files: megatron-core keys
+    its cached indices by path, not content, so a dataset rewritten in place must not find the
+    old ones."""
+    stats = [(os.path.abspath(p), os.stat(p + ext).st_size, os.stat(p + ext).st_mtime_ns)
+             for p in prefixes for ext in (".bin", ".idx")]
+    key = hashlib.md5(repr(stats).encode(), usedforsecurity=False).hexdigest()[:12]
+    return os.path.join(os.path.dirname(os.path.abspath(prefixes[0])), "index-cache", key)
+
+
+class CausalLMDataset(torch.utils.data.Dataset):
+    """A megatron-core dataset reduced to the batch format in the module docstring."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        return {k: sample[k] for k in _BATCH_KEYS}
+
+
+def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: int,
+                   num_samples: Sequence[int], tokenizer, cache_path: Optional[str] = None,
+                   ) -> tuple[Optional[CausalLMDataset], ...]:
+    """(train, valid, test); a split is None when its share in `split` is 0 or no samples are
+    requested from it. num_samples: samples needed per split (e.g. train_iters x global batch).
+    Call on every rank: with torch.distributed initialized the ranks synchronise (rank 0 builds
+    the indices first); a blend needs it initialized (a world of 1 is fine)."""
+    prefixes, weights = parse_data_path(data_path)
+    _check_split(split)
+    if seq_length < 1 or len(num_samples) != 3 or min(num_samples) < 0:
+        raise ValueError(f"seq_length {seq_length} must be positive and num_samples "
+                         f"{tuple(num_samples)} three non-negative counts")
+    if len(prefixes) > 1 and not torch.distributed.is_initialized():
+        raise RuntimeError("a --data-path blend needs torch.distributed initialized "
+                           "(megatron-core's BlendedDataset asks for the rank); a world of 1 "
+                           "is fine")
+    lengths = [read_sequence_lengths(p) for p in prefixes]
+    cache_path = cache_path or _default_cache_path(prefixes)
+    try:
+        os.makedirs(cache_path, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"--data-path {prefixes[0]}: cannot create the index cache {cache_path} "
+                        f"({error}); make the data folder writable") from error
+    config = GPTDatasetConfig(
+        random_seed=seed, sequence_length=seq_length, blend=(prefixes, weights), split=split,
+        path_to_cache=cache_path, tokenizer=_MegatronTokenizer(tokenizer),
+        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
+        create_attention_mask=False)
+    config.split_matrix = _active_splits(config, prefixes, lengths, num_samples, split)
+    built = BlendedMegatronDatasetBuilder(GPTDataset, [int(n) for n in num_samples],
+                                          lambda: True, config).build()
+    return tuple(CausalLMDataset(d) if d is not None else None for d in built)
