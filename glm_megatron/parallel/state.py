@@ -72,16 +72,15 @@ def initialize_parallel(tensor: int = 1, pipeline: int = 1, device_name: str = "
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     layout = check_layout(world_size, tensor, pipeline)
     if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-            os.environ["MASTER_PORT"] = str(_free_port())
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
         backend = "nccl" if _DEVICE.type == "cuda" else "gloo"
         if _DEVICE.type == "cuda":
             torch.cuda.set_device(_DEVICE)
-        dist.init_process_group(backend=backend,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        if "WORLD_SIZE" in os.environ:  # launched by torchrun (or an equivalent launcher)
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:  # a world of one on a private port; the environment is left untouched
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                    rank=0, world_size=1, timeout=timeout)
     mpu.initialize_model_parallel(tensor_model_parallel_size=tensor,
                                   pipeline_model_parallel_size=pipeline,
                                   create_gloo_process_groups=_DEVICE.type == "cuda")
