@@ -143,7 +143,7 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--eval-interval", type=int, default=50)
-    g.add_argument("--eval-iters", type=int, default=10)
+    g.add_argument("--eval-iters", type=int, default=5)
     g.add_argument("--tensorboard-dir")
 
 
