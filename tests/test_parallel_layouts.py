@@ -26,18 +26,25 @@ LAYOUTS = [
 ]
 
 
-def _reference_spec(spec: dict) -> dict:
-    return {k: spec[k] for k in ("preset", "kind", "layers", "config") if k in spec}
+_REFERENCES: dict = {}
+
+
+def _reference(spec: dict, tmp_path_factory):
+    """The single-process run of the same model and batches (shared by layouts that agree)."""
+    reference = {k: spec[k] for k in ("preset", "kind", "layers", "config") if k in spec}
+    key = repr(sorted(reference.items()))
+    if key not in _REFERENCES:
+        out = tmp_path_factory.mktemp("reference")
+        run_distributed(train_layout, 1, reference, str(out))
+        _REFERENCES[key] = load_result(str(out))
+    return _REFERENCES[key]
 
 
 @pytest.mark.parametrize("name,spec,world", LAYOUTS, ids=[n for n, _, _ in LAYOUTS])
-def test_layout_matches_single_process(tmp_path, name, spec, world):
-    (tmp_path / "ref").mkdir()
-    (tmp_path / "par").mkdir()
-    run_distributed(train_layout, 1, _reference_spec(spec), str(tmp_path / "ref"))
-    run_distributed(train_layout, world, spec, str(tmp_path / "par"))
-    ref_losses, ref_params = load_result(str(tmp_path / "ref"))
-    losses, params = load_result(str(tmp_path / "par"))
+def test_layout_matches_single_process(tmp_path, tmp_path_factory, name, spec, world):
+    run_distributed(train_layout, world, spec, str(tmp_path))
+    ref_losses, ref_params = _reference(spec, tmp_path_factory)
+    losses, params = load_result(str(tmp_path))
     for a, b in zip(ref_losses, losses):
         assert abs(a - b) < 2e-5 * max(1.0, abs(a)), (name, ref_losses, losses)
     assert params.keys() == ref_params.keys()
