@@ -6,7 +6,8 @@ The vocabulary is not part of a preset: it comes from the tokenizer, padded as M
 
 from __future__ import annotations
 
-# Generation 1: GLM (blank infilling, learned 2D absolute positions, tied output).
+# Generation 1: GLM (blank infilling, learned 2D absolute positions, tied output). The published
+# position tables have max_sequence_length + 1 rows.
 _GLM = dict(
     normalization="LayerNorm", norm_epsilon=1e-5,
     position_embedding_type="learned_absolute", block_position_encoding=True,
@@ -38,9 +39,9 @@ _CHATGLM3 = dict(
 
 PRESETS: dict[str, dict] = {
     "glm-large": dict(_GLM, num_layers=24, hidden_size=1024, num_attention_heads=16,
-                      ffn_hidden_size=4096, max_position_embeddings=1024),
+                      ffn_hidden_size=4096, max_position_embeddings=1025),
     "glm-10b": dict(_GLM, num_layers=48, hidden_size=4096, num_attention_heads=64,
-                    ffn_hidden_size=16384, max_position_embeddings=1024),
+                    ffn_hidden_size=16384, max_position_embeddings=1025),
     "chatglm-6b": dict(_CHATGLM, num_layers=28, hidden_size=4096, num_attention_heads=32,
                        ffn_hidden_size=16384, max_position_embeddings=2048),
     "chatglm3-6b": dict(_CHATGLM3, num_layers=28, hidden_size=4096, num_attention_heads=32,

@@ -5,7 +5,10 @@
 - mapping.py / layouts.py: the key tables of every Hugging Face layout, shared by both directions.
 - checkpoint.py: streaming reader/writer of our checkpoint format at any layout.
 - hf_files.py: streaming sharded safetensors writer, lazy safetensors/.bin reader.
-- export.py, hf_import.py, reshard.py: the three conversions the tools in tools/checkpoint run.
+- tokenizer_files.py: the run's tokenizer as Hugging Face tokenizer files.
+- staging.py: outputs are written beside the target and renamed into place at the end.
+- export.py, hf_import.py, reshard.py: the three conversions the tools in tools/checkpoint run
+  (cli.py: what those tools share).
 """
 
 from .errors import ConversionError

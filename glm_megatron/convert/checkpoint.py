@@ -24,18 +24,28 @@ import torch
 from ..config import ConfigError, GLMConfig
 from ..parallel.layer_split import stage_layer_ranges
 from ..parallel.sharding import shard, unshard
-from ..training import checkpointing as ckpt
 from .errors import ConversionError
-from .schema import (EXTRA_STATE, OUTPUT_LAYER, WORD_EMBEDDINGS, Head, Param, layer_extra_state,
-                     layer_of, layer_params, post_extra_state, post_params, pre_params)
+from .schema import (EXTRA_STATE, OUTPUT_LAYER, Head, Param, layer_extra_state, layer_params,
+                     post_extra_state, post_params, pre_params)
 
+# The format of glm_megatron/training/checkpointing.py, restated here so that the converters
+# run without importing megatron-core (seconds per start). The tests check that both sides
+# agree: test_convert_trained.py reads what save_checkpoint writes, test_convert_hf.py and
+# test_convert_trained.py load what we write with load_checkpoint.
+TRACKER = "latest_checkpointed_iteration.txt"
+METADATA = "metadata.json"
+FORMAT_VERSION = 1
 MODEL_FILE = "model_optim_rng.pt"
 OPTIMIZER_PREFIX = "optimizer_dp"
 OPTIMIZER_KEYS = ("master", "exp_avg", "exp_avg_sq")
 
 
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
 def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    return ckpt._rank_dir(tp_rank, pp_rank, pp_size)
+    return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
 
 
 def _load(path: str) -> dict:
@@ -73,7 +83,7 @@ class CheckpointReader:
         try:
             self.config = GLMConfig.from_dict(self.metadata["config"])
         except (ConfigError, TypeError, KeyError) as e:
-            raise ConversionError(f"{self.iter_dir}/{ckpt.METADATA}: its config is not a valid "
+            raise ConversionError(f"{self.iter_dir}/{METADATA}: its config is not a valid "
                                   f"GLMConfig ({e}); the checkpoint was not written by "
                                   "glm_megatron") from None
         self.entries: dict[str, _Entry] = {}
@@ -106,18 +116,15 @@ class CheckpointReader:
                     spec = tuple(spec) if spec is not None else None
                     entry = _Entry(stage, tuple(tensor.shape), tensor.dtype, spec)
                     if t == 0:
-                        if name in self.entries and not self._is_tied_copy(name):
+                        if name in self.entries:
                             raise ConversionError(f"{path}: {name} appears on two pipeline "
                                                   "stages; the checkpoint is inconsistent")
-                        self.entries.setdefault(name, entry)
+                        self.entries[name] = entry
                     elif name not in self.entries or \
                             self.entries[name].local_shape != entry.local_shape:
                         raise ConversionError(f"{path}: {name} disagrees with TP rank 0's "
                                               "shard; the checkpoint is inconsistent")
                 del state
-
-    def _is_tied_copy(self, name: str) -> bool:
-        return name == OUTPUT_LAYER and not self.config.untie_embeddings_and_output_weights
 
     def _validate(self):
         """Every tensor is one our config defines, with the shape it defines."""
@@ -248,82 +255,114 @@ def _assemble(entries: Optional[list], shape: tuple, name: str) -> dict[str, tor
     return out
 
 
+def _latest_iteration(root: str) -> Optional[int]:
+    tracker = os.path.join(root, TRACKER)
+    if not os.path.isfile(tracker):
+        return None
+    text = open(tracker).read().strip()
+    if not text.isdigit():
+        raise ConversionError(f"{tracker} is not an iteration number; fix it or pass --iteration")
+    return int(text)
+
+
 def _find_iteration(root: str, iteration: Optional[int], flag: str) -> tuple[str, dict]:
     if not os.path.isdir(root):
         raise ConversionError(f"{flag} {root} does not exist; give the --save directory of a "
                               "training run")
-    direct = os.path.join(root, ckpt.METADATA)
+    direct = os.path.join(root, METADATA)
     if iteration is None and os.path.isfile(direct):  # an iter_XXXXXXX directory itself
         path = root
     else:
-        try:
-            latest = ckpt.latest_iteration(root)
-        except ckpt.CheckpointError as e:
-            raise ConversionError(str(e)) from None
+        latest = _latest_iteration(root)
         if latest is None and iteration is None:
             raise ConversionError(
-                f"{flag} {root} is not a glm_megatron checkpoint (no {ckpt.TRACKER}); give the "
+                f"{flag} {root} is not a glm_megatron checkpoint (no {TRACKER}); give the "
                 "--save directory of a training run, or an iter_XXXXXXX directory in it")
-        path = ckpt.iteration_dir(root, iteration if iteration is not None else latest)
+        path = iteration_dir(root, iteration if iteration is not None else latest)
         if not os.path.isdir(path) and os.path.isdir(path + ".replaced"):
             path += ".replaced"
-        if not os.path.isfile(os.path.join(path, ckpt.METADATA)):
+        if not os.path.isfile(os.path.join(path, METADATA)):
             raise ConversionError(f"{flag} {root}: {path} is missing or incomplete; pick a "
                                   "complete iteration with --iteration")
     try:
-        with open(os.path.join(path, ckpt.METADATA)) as f:
+        with open(os.path.join(path, METADATA)) as f:
             metadata = json.load(f)
     except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}/{ckpt.METADATA} cannot be read ({e}); the checkpoint "
+        raise ConversionError(f"{path}/{METADATA} cannot be read ({e}); the checkpoint "
                               "is damaged") from None
     if "config" not in metadata or "iteration" not in metadata:
-        raise ConversionError(f"{path}/{ckpt.METADATA} has no config or iteration; it was not "
+        raise ConversionError(f"{path}/{METADATA} has no config or iteration; it was not "
                               "written by glm_megatron")
     return path, metadata
 
 
 class CheckpointWriter:
-    """Writes one iteration of our checkpoint at TP x PP, one pipeline stage at a time."""
+    """Writes one iteration of our checkpoint at TP x PP, one pipeline rank at a time.
+
+    Layers are placed as build_model_chunks places them: `virtual_stages` model chunks per
+    pipeline rank (rank r holds model stages r, r + PP, ...), optionally with `first`/`last`
+    layer counts on the end stages."""
 
     def __init__(self, root: str, config: GLMConfig, head: Head, tp: int, pp: int, *,
-                 iteration: int = 0, consumed_samples: int = 0, data_parallel: int = 1,
+                 virtual_stages: int = 1, first_stage_layers: Optional[int] = None,
+                 last_stage_layers: Optional[int] = None, iteration: int = 0,
+                 consumed_samples: int = 0, data_parallel: int = 1,
                  args: Optional[dict] = None):
         self.root, self.config, self.head = root, config, head
         self.tp, self.pp = tp, pp
+        self.num_stages = pp * virtual_stages
         self.iteration, self.consumed_samples = iteration, consumed_samples
         self.data_parallel, self.args = data_parallel, args or {}
         try:
             config.check_tensor_parallel(tp)
-            self.ranges = stage_layer_ranges(config.num_layers, pp)
+            self.ranges = stage_layer_ranges(config.num_layers, self.num_stages,
+                                             first_stage_layers, last_stage_layers)
         except ConfigError as e:
             raise ConversionError(
                 str(e).replace("--tensor-model-parallel-size", "--target-tensor-parallel-size")
-                .replace("--pipeline-model-parallel-size", "--target-pipeline-parallel-size")
-            ) from None
-        if head.is_classifier and pp > 1:
+                .replace("--pipeline-model-parallel-size", "--target-pipeline-parallel-size "
+                         "(x virtual stages)")) from None
+        if head.is_classifier and self.num_stages > 1:
             raise ConversionError("--target-pipeline-parallel-size must be 1 for a model with a "
                                   "classification head (it trains without pipelining)")
-        self.iter_dir = ckpt.iteration_dir(root, iteration)
+        self.chunks = [[r + v * pp for v in range(virtual_stages)] for r in range(pp)]
+        self.iter_dir = iteration_dir(root, iteration)
         self._written: set[int] = set()
 
-    def stage_params(self, stage: int) -> dict[str, Param]:
-        """Our names on pipeline stage `stage`, with shapes and TP splits."""
+    def _last(self, stage: int) -> bool:
+        return stage == self.num_stages - 1
+
+    def stage_groups(self, rank: int) -> list:
+        """The groups ("pre", layer numbers, "post") pipeline rank `rank` holds, chunk by chunk."""
+        groups = []
+        for stage in self.chunks[rank]:
+            groups += (["pre"] if stage == 0 else []) + list(self.ranges[stage])
+            groups += ["post"] if self._last(stage) else []
+        return groups
+
+    def needs_tied_copy(self, rank: int) -> bool:
+        """Whether `rank` holds a tied LM head away from the embedding (a copy of it)."""
+        return (self.chunks[rank][-1] == self.num_stages - 1
+                and tied_copy_needed(self.config, self.head, self.num_stages))
+
+    def stage_params(self, rank: int) -> dict[str, Param]:
+        """Our names on pipeline rank `rank`, with shapes and TP splits."""
         cfg, out = self.config, {}
-        if stage == 0:
-            out.update(pre_params(cfg))
-        for i in self.ranges[stage]:
-            out.update(layer_params(cfg, i))
-        if stage == self.pp - 1:
-            out.update(post_params(cfg, self.head, holds_embedding=stage == 0))
+        for stage in self.chunks[rank]:
+            if stage == 0:
+                out.update(pre_params(cfg))
+            for i in self.ranges[stage]:
+                out.update(layer_params(cfg, i))
+            if self._last(stage):
+                out.update(post_params(cfg, self.head, holds_embedding=stage == 0))
         return out
 
-    def stage_groups(self, stage: int) -> list:
-        return ((["pre"] if stage == 0 else []) + list(self.ranges[stage])
-                + (["post"] if stage == self.pp - 1 else []))
-
-    def _extra_state(self, stage: int) -> list[str]:
-        names = [n for i in self.ranges[stage] for n in layer_extra_state(i)]
-        return names + (post_extra_state(self.head) if stage == self.pp - 1 else [])
+    def _extra_state(self, rank: int) -> list[str]:
+        names = []
+        for stage in self.chunks[rank]:
+            names += [n for i in self.ranges[stage] for n in layer_extra_state(i)]
+            names += post_extra_state(self.head) if self._last(stage) else []
+        return names
 
     def write_stage(self, stage: int, tensors: dict[str, torch.Tensor],
                     optimizer: Optional[dict[str, dict[str, torch.Tensor]]] = None,
@@ -372,21 +411,39 @@ class CheckpointWriter:
         if missing:
             raise ConversionError(f"internal: pipeline stages {missing} were not written")
         metadata = {
-            "format_version": ckpt.FORMAT_VERSION, "iteration": self.iteration,
+            "format_version": FORMAT_VERSION, "iteration": self.iteration,
             "consumed_samples": self.consumed_samples,
             "layout": {"tensor": self.tp, "pipeline": self.pp, "data": self.data_parallel},
             "config": self.config.to_dict(), "args": self.args,
         }
-        with open(os.path.join(self.iter_dir, ckpt.METADATA), "w") as f:
+        with open(os.path.join(self.iter_dir, METADATA), "w") as f:
             json.dump(metadata, f, indent=2)
-        with open(os.path.join(self.root, ckpt.TRACKER), "w") as f:
+        with open(os.path.join(self.root, TRACKER), "w") as f:
             f.write(str(self.iteration))
 
 
-def tied_copy_needed(config: GLMConfig, head: Head, pp: int) -> bool:
+def pipeline_split(config: GLMConfig, pp: int, layers_per_virtual_stage: Optional[int] = None,
+                   first_stage_layers: Optional[int] = None,
+                   last_stage_layers: Optional[int] = None) -> dict:
+    """CheckpointWriter's layer-placement arguments from pretrain_glm.py's flags (named
+    --target-...), checked as pretrain_glm.py checks them."""
+    if layers_per_virtual_stage is None:
+        return {"first_stage_layers": first_stage_layers, "last_stage_layers": last_stage_layers}
+    if pp == 1:
+        raise ConversionError("--target-num-layers-per-virtual-pipeline-stage needs "
+                              "--target-pipeline-parallel-size > 1")
+    if first_stage_layers or last_stage_layers:
+        raise ConversionError("--target-decoder-first/last-pipeline-num-layers cannot be combined "
+                              "with --target-num-layers-per-virtual-pipeline-stage")
+    if layers_per_virtual_stage < 1 or config.num_layers % (pp * layers_per_virtual_stage):
+        raise ConversionError(
+            f"the model's {config.num_layers} layers are not divisible by "
+            f"--target-pipeline-parallel-size {pp} x --target-num-layers-per-virtual-pipeline-"
+            f"stage {layers_per_virtual_stage}")
+    return {"virtual_stages": config.num_layers // (pp * layers_per_virtual_stage)}
+
+
+def tied_copy_needed(config: GLMConfig, head: Head, num_stages: int) -> bool:
     """A tied LM head on a last stage without the embedding keeps a copy of the embeddings."""
-    return pp > 1 and not head.is_classifier and not config.untie_embeddings_and_output_weights
-
-
-__all__ = ["CheckpointReader", "CheckpointWriter", "tied_copy_needed", "WORD_EMBEDDINGS",
-           "OUTPUT_LAYER", "layer_of"]
+    return (num_stages > 1 and not head.is_classifier
+            and not config.untie_embeddings_and_output_weights)

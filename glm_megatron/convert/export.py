@@ -14,10 +14,11 @@ from typing import Callable, Optional
 
 import torch
 
+from . import tokenizer_files
 from .checkpoint import CheckpointReader
 from .errors import ConversionError
 from .hf_files import ShardedSafetensorsWriter, parse_size
-from .layouts import DTYPE_NAMES, LAYOUTS, SpecialTokens, check_supported, default_layout
+from .layouts import LAYOUTS, SpecialTokens, check_supported, default_layout
 from .mapping import groups, hf_plan, to_hf
 from .staging import check_target, staged_output_dir
 
@@ -51,8 +52,9 @@ def export_checkpoint(load_dir: str, save_dir: str, *, hf_layout: Optional[str] 
         raise ConversionError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
     out_dtype = DTYPES.get(dtype)
 
-    from . import tokenizer_files
     tokenizer = tokenizer_files.resolve(tokenizer_model, reader.metadata.get("args") or {}, log)
+    if tokenizer is not None:
+        tokenizer_files.check_fits(tokenizer, cfg.vocab_size)
     tokens = (tokenizer_files.special_tokens(tokenizer) if tokenizer is not None else
               SpecialTokens.from_dict((reader.metadata.get("args") or {}).get("hf_token_ids")))
     if head.is_classifier and tokens.pad is None:
@@ -72,7 +74,7 @@ def export_checkpoint(load_dir: str, save_dir: str, *, hf_layout: Optional[str] 
         for group in _progress(groups(cfg), cfg.num_layers + 2, "export", progress):
             ours = reader.read_group(group)
             hf = to_hf(layout, group, ours, cfg, head)
-            writer.write({k: v.to(dtype_of_hf(v, out_dtype)) for k, v in hf.items()})
+            writer.write({k: v if out_dtype is None else v.to(out_dtype) for k, v in hf.items()})
             del ours, hf
         writer.close()
         hf_config = layout.config_to_hf(cfg, head, tokens, weights_dtype)
@@ -83,17 +85,13 @@ def export_checkpoint(load_dir: str, save_dir: str, *, hf_layout: Optional[str] 
             for module in layout.remote_code:
                 shutil.copy(os.path.join(REMOTE_CODE_DIR, module + ".py"), staging)
         if tokenizer is not None:
-            tokenizer_files.write(tokenizer, staging, layout.name)
+            tokenizer_files.write(tokenizer, staging, REMOTE_CODE_DIR, cfg.max_position_embeddings)
         if layout.name.startswith("chatglm") and layout.remote_code is None:
             log(f"note: the {layout.name} layout needs THUDM's configuration_chatglm.py and "
                 "modeling_chatglm.py next to the weights to load with transformers")
     log(f"wrote {save_dir}: {len(writer.files)} safetensors shard(s), "
         f"{writer.total_size / 1e6:.1f} MB")
     return layout.name
-
-
-def dtype_of_hf(tensor: torch.Tensor, out_dtype: Optional[torch.dtype]) -> torch.dtype:
-    return out_dtype if out_dtype is not None else tensor.dtype
 
 
 def _generation_config(hf_config: dict) -> dict:

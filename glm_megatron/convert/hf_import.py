@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import CheckpointWriter, tied_copy_needed
+from .checkpoint import CheckpointWriter, pipeline_split
 from .errors import ConversionError
 from .hf_files import HFWeights
 from .layouts import LAYOUTS, detect_layout
@@ -41,7 +41,9 @@ def read_hf_config(directory: str) -> dict:
 
 
 def import_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int = 1,
-                      pipeline_parallel: int = 1, hf_layout: Optional[str] = None,
+                      pipeline_parallel: int = 1, layers_per_virtual_stage: Optional[int] = None,
+                      first_stage_layers: Optional[int] = None,
+                      last_stage_layers: Optional[int] = None, hf_layout: Optional[str] = None,
                       overwrite: bool = False, progress: bool = True,
                       log: Callable[[str], None] = print) -> str:
     """Write our checkpoint of `load_dir` into `save_dir`; returns the layout read."""
@@ -55,6 +57,8 @@ def import_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int = 1,
     else:
         layout = detect_layout(hf_config, os.path.join(load_dir, "config.json"))
     cfg, head, tokens = layout.config_from_hf(hf_config)
+    split = pipeline_split(cfg, pipeline_parallel, layers_per_virtual_stage, first_stage_layers,
+                           last_stage_layers)
     weights = HFWeights(load_dir)
 
     # Every tensor the config implies, with its shape; nothing left over.
@@ -85,7 +89,7 @@ def import_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int = 1,
         f"{cfg.hidden_size}) to {save_dir} at TP={tensor_parallel} x PP={pipeline_parallel}")
     with staged_output_dir(save_dir, "--save-dir", overwrite) as staging:
         writer = CheckpointWriter(staging, cfg, head, tensor_parallel, pipeline_parallel,
-                                  args=writer_args)
+                                  args=writer_args, **split)
         bar = _bar(cfg.num_layers + 2, progress)
         for stage in range(pipeline_parallel):
             tensors = {}
@@ -93,7 +97,7 @@ def import_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int = 1,
                 tensors.update(from_hf(layout, group, weights.read, cfg, head))
                 if bar is not None:
                     bar.update(1)
-            if stage == pipeline_parallel - 1 and tied_copy_needed(cfg, head, pipeline_parallel):
+            if writer.needs_tied_copy(stage):
                 tensors[OUTPUT_LAYER] = from_hf(layout, "pre", weights.read, cfg,
                                                 head)[WORD_EMBEDDINGS]
             writer.write_stage(stage, tensors)

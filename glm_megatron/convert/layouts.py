@@ -458,6 +458,7 @@ def _chatglm6b_to_hf(cfg: GLMConfig, head: Head, tokens: SpecialTokens, dtype) -
         "num_attention_heads": cfg.num_attention_heads, "inner_hidden_size": cfg.ffn_hidden_size,
         "vocab_size": cfg.vocab_size, "max_sequence_length": cfg.max_position_embeddings,
         "layernorm_epsilon": cfg.norm_epsilon, "position_encoding_2d": True,
+        "tie_word_embeddings": False,
         **_blank_tokens_to_hf(tokens), "use_cache": False, "torch_dtype": DTYPE_NAMES[dtype],
     }
 
@@ -507,7 +508,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            detect=lambda c: c.get("model_type") == "glm" and "num_layers" in c,
            config_from_hf=_glm10b_from_hf, config_to_hf=_glm10b_to_hf,
            unsupported=_glm10b_unsupported,
-           remote_code=("configuration_glm", "modeling_glm")),
+           remote_code=("configuration_glm", "modeling_glm", "blank_infilling")),
     Layout("chatglm-6b", "ChatGLM-6B remote code (2D RoPE, DeepNorm)",
            (Rule((WORD_EMBEDDINGS,), ("transformer.word_embeddings.weight",)),),
            _CHATGLM6B_LAYER,
@@ -517,7 +518,7 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            config_from_hf=_chatglm6b_from_hf, config_to_hf=_chatglm6b_to_hf,
            unsupported=_chatglm6b_unsupported,
            ignorable=(r"transformer\.layers\.\d+\.attention\.rotary_emb\.inv_freq",),
-           remote_code=("configuration_chatglm", "modeling_chatglm")),
+           remote_code=("configuration_chatglm", "modeling_chatglm", "blank_infilling")),
 )}
 
 

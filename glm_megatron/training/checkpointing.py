@@ -156,16 +156,21 @@ def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool 
     if (layout["tensor"], layout["pipeline"]) != here:
         raise CheckpointError(
             f"--load {root} was saved at TP={layout['tensor']} x PP={layout['pipeline']} but "
-            f"this run is TP={here[0]} x PP={here[1]}; launch with the saved layout")
+            f"this run is TP={here[0]} x PP={here[1]}; launch with the saved layout or reshard "
+            f"it first: python tools/checkpoint/reshard.py --load-dir {root} --save-dir NEW "
+            f"--target-tensor-parallel-size {here[0]} --target-pipeline-parallel-size {here[1]}")
     tp, pp = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
     shard = torch.load(os.path.join(path, _rank_dir(tp, pp, here[1]), "model_optim_rng.pt"),
                        map_location="cpu", weights_only=False)
     model.load_state_dict(shard["model"])
     if finetune:
         return TrainingState()
+    rank_dir = os.path.join(path, _rank_dir(tp, pp, here[1]))
+    files = sorted(f for f in os.listdir(rank_dir) if f.startswith("optimizer_dp"))
+    if load_optim and optimizer is not None and not files:
+        raise CheckpointError(f"--load {root} holds weights only (no optimizer state: an imported "
+                              "or --no-optimizer checkpoint); add --finetune or --no-load-optim")
     if load_optim and optimizer is not None:
-        rank_dir = os.path.join(path, _rank_dir(tp, pp, here[1]))
-        files = sorted(f for f in os.listdir(rank_dir) if f.startswith("optimizer_dp"))
         optimizer.load_state_dict([torch.load(os.path.join(rank_dir, f), weights_only=False)
                                    for f in files])
     if scheduler is not None and shard["opt_param_scheduler"] is not None:

@@ -160,6 +160,7 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     options = _execution_options(args)
     set_random_seed(args.seed)
     data_path, tokenizer = _resolve_data(args)
+    args.tokenizer_model = tokenizer.model_path  # recorded in checkpoints, found by exports
     saved = _saved_checkpoint(args)
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
@@ -169,8 +170,8 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
                           f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
                           f"{layout.pipeline}; adjust --global-batch-size")
-    eval_samples = (args.train_iters // args.eval_interval + 1) * args.eval_iters * \
-        args.global_batch_size
+    # Every evaluation reads the same first validation samples, so losses are comparable.
+    eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
     datasets = build_datasets(
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
         num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
