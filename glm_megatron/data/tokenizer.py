@@ -12,6 +12,15 @@ Token ids:
 `vocab_size` counts both parts; the model's embedding is `padded_vocab_size` of it.
 Special tokens are never produced from plain text: `tokenize("[MASK]")` spells the characters,
 so documents that happen to contain those strings stay ordinary text.
+
+A SentencePiece model whose pieces already spell one of the special tokens:
+- as a normal piece (learned from text): allowed. It is text like any other piece; the special
+  token is still the appended id (detokenize writes both as the same string).
+- as a user-defined or control piece (`user_defined_symbols` / `control_symbols` at training):
+  refused with ValueError. Such a model reserves its own id for the token, GLM would use another
+  one, and text would encode to the reserved id: two ids for one token. SentencePiece's own pad
+  piece is the exception: GLM leaves it unused and pads with its appended `<pad>`.
+A model without an eos piece is refused too: GLM ends every document with it.
 """
 
 from __future__ import annotations
@@ -45,11 +54,39 @@ class GLMTokenizer:
         self._sp = spm.SentencePieceProcessor(model_file=self.model_path)
         self._sp_size = self._sp.get_piece_size()
         if self._sp.eos_id() < 0:
-            raise ValueError(f"{self.model_path} defines no end-of-document piece (</s>); "
-                             "train it with eos_id set (see train_sentencepiece)")
+            raise ValueError(f"{self.model_path}: the SentencePiece model has no eos piece "
+                             "(</s>), which GLM ends every document with; use a model trained "
+                             "with eos_id set (tools/train_tokenizer.py makes one)")
         self.special_tokens = {t: self._sp_size + k for k, t in enumerate(SPECIAL_TOKENS)}
+        self._check_reserved_pieces()
         self._special_by_id = {i: t for t, i in self.special_tokens.items()}
         self._strips_leading_space = self._decode_strips_leading_space()
+
+    def _check_reserved_pieces(self):
+        """ValueError for a special token that the model reserves as a user-defined or control
+        piece of its own (see the module docstring)."""
+        present = {}
+        for token in SPECIAL_TOKENS:
+            i = self._sp.piece_to_id(token)
+            if self._sp.id_to_piece(i) == token and i != self._sp.pad_id():
+                present[token] = i
+        if not present:
+            return
+        from sentencepiece import sentencepiece_model_pb2
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self._sp.serialized_model_proto())
+        kinds = {proto.SentencePiece.USER_DEFINED: "user-defined", proto.SentencePiece.CONTROL:
+                 "control"}
+        for token, i in present.items():
+            kind = kinds.get(proto.pieces[i].type)
+            if kind:
+                raise ValueError(
+                    f"{self.model_path}: SentencePiece piece {i} is {token!r} as a {kind} "
+                    f"symbol, but GLM appends its own {token} after the SentencePiece pieces "
+                    f"(id {self.special_tokens[token]}), so the model would have two ids for "
+                    f"it; use a model trained without {token} among its user_defined_symbols/"
+                    "control_symbols (tools/train_tokenizer.py makes one)")
 
     def _decode_strips_leading_space(self) -> bool:
         """Whether decoding drops the space of a leading '▁' (the dummy prefix): detokenize then
