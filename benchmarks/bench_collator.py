@@ -87,10 +87,10 @@ def main(argv=None):
     for name, (objective, config) in CASES.items():
         cfg = BlankInfillingConfig(**config) if config is not None else None
         collate = build_collator(objective, cfg, special, table, args.seq_length)
-        collate(pool[0], microbatch_rng(0, 0, 0, 0))  # warm up
+        collate(pool[0], microbatch_rng(0, 0))  # warm up
         count, used, start = 0, 0, time.perf_counter()
         while time.perf_counter() - start < args.seconds or count < 5:
-            batch = collate(pool[count % len(pool)], microbatch_rng(1234, count, 0, 0))
+            batch = collate(pool[count % len(pool)], microbatch_rng(1234, count))
             count += 1
             used += int((batch["tokens"] != special.pad).sum())
         elapsed = (time.perf_counter() - start) / count

@@ -2,46 +2,53 @@
 distributed optimizer, at DP=2 (two gloo processes, one CPU core each).
 
     python benchmarks/bench_memory.py                  # 8 x 512, seq 512, micro batch 4, bf16
-    python benchmarks/bench_memory.py --quick          # tiny model, ~1 minute smoke run
+    python benchmarks/bench_memory.py --quick          # tiny model, ~30 s smoke run
     python benchmarks/bench_memory.py --dtypes bf16,fp32 --markdown-out mem.md
 
-Every variant runs in a FRESH pair of processes, because a process's peak RSS (ru_maxrss) only
-ever grows. Per rank it reports four memory figures, from the coarsest to the most exact:
+Variants (--variants picks some by number): 1 baseline, 2 full recomputation (uniform, one layer
+per checkpoint), 3 selective recomputation (core attention), 4 the distributed optimizer
+(ZeRO-1), 5 both 2 and 4. Every variant runs in a FRESH pair of processes, because a process's
+peak RSS (ru_maxrss) only ever grows; the whole list runs --rounds times, the variants taking
+turns, so that load from other processes drifting over time falls on all of them alike.
 
-- peak RSS: ru_maxrss of the rank's process over its whole life (imports, model build, warm-up
-  and timed steps). What the operating system had to provide; it includes the interpreter,
-  torch and megatron imports (a fixed few hundred MiB) and whatever the allocator keeps.
-- step RSS rise: a sampling thread reads /proc/self/statm every millisecond during each timed
-  step; the rise is the highest resident size seen minus the size just before the step (the
-  median over timed steps). It is the transient memory of one step (activations, the gradient
-  reduction and the optimizer's temporaries), approximately: memory that glibc's malloc keeps
-  after a free is not seen as a rise.
+Memory figures per rank (the tables take the worst rank):
+
+- peak RSS in a step: a sampling thread reads /proc/self/statm every millisecond during each
+  step; the highest resident size seen (median over the timed steps). This is the peak memory
+  per rank in steady training: interpreter and imports (a fixed few hundred MiB, shown as "RSS
+  after imports"), model and optimizer state, and the step's transient memory (activations,
+  gradient reduction, optimizer temporaries). The step RSS rise (peak minus the size just
+  before the step), the warm-up step's peak (it also creates the Adam moments) and ru_maxrss
+  over the whole process life are in the second table.
 - saved activations: the bytes of tensors autograd saves for backward during one micro-batch's
-  forward, counted with torch.autograd.graph.saved_tensors_hooks over unique storages,
-  parameters excluded (warm-up step). With one micro-batch in flight this is exactly the
-  activation memory held when the forward ends, the quantity recomputation trades for compute.
-  Inside a recomputed region torch.utils.checkpoint's own hooks take over, so only the region's
-  inputs are counted, as they are the only thing kept.
+  forward (the warm-up step), counted with torch.autograd.graph.saved_tensors_hooks over unique
+  storages, parameters excluded, and split into what the transformer block saves (its layers
+  and final norm) and the rest (embedding, output layer, loss). With one micro-batch in flight
+  this is the activation memory held when the forward ends, the quantity recomputation trades
+  for compute. Inside a recomputed region torch.utils.checkpoint's own hooks take over; the
+  region's inputs, which checkpoint keeps for the recomputation, are still counted.
 - model + optimizer state: bytes of the tensors that live across steps, counted by walking them
   after the last step: parameters, the fp32 gradient buffer, fp32 master weights (separate
-  tensors only: an fp32 parameter that is its own master counts once), Adam moments, and the
-  reduce-scatter outputs the distributed optimizer keeps between steps.
+  tensors only: an fp32 parameter that is its own master counts once) and Adam moments. The
+  distributed optimizer's reduce-scatter outputs are shown apart: they are made in the backward
+  pass and dropped at the start of the next step.
 
 Allocator: glibc's malloc keeps freed blocks below its mmap threshold (which grows up to 32 MiB
 as large blocks are freed) and returns them to the system only from the top of its heap, so by
 default RSS says more about the allocator's history than about live tensors. The ranks are
 therefore started with MALLOC_MMAP_THRESHOLD_ fixed at --mmap-threshold-kib (128 KiB): every
 tensor above it gets its own mapping, returned to the system when freed, and RSS follows live
-memory. This costs page faults on each new large tensor; it applies to every variant alike.
---mmap-threshold-kib 0 keeps glibc's default.
+memory. This costs page faults on each new large tensor (the system CPU time column), for every
+variant alike. --mmap-threshold-kib 0 keeps glibc's default.
 
-Step time: each timed step starts after a barrier; a step's time is the slowest rank's, and the
-table gives the median over the timed steps. Other processes on the machine make wall time
-noisy, so the CPU time each rank's process spent in the step (all its threads, summed; with one
-torch thread per rank that is the compute plus gloo's threads) is shown as well: it is hardly
-affected by load from elsewhere. The losses of the last step are printed so that
-every variant can be seen to train the same way (recomputation is exact; the distributed
-optimizer only changes the order of floating-point sums).
+Step time: each step starts after a barrier; a step's time is the slowest rank's, and the table
+gives the median over the timed steps of all rounds. Other processes on the machine make wall
+time noisy, so the CPU time each rank's process spent in the step is shown as well (all its
+threads: the torch thread, gloo's threads and the RSS sampler), user + system and user alone:
+it is much less affected by load from elsewhere. System time is mostly page faults on fresh
+memory, so it depends on the allocator setting below; user time is the computation. The losses of the last step are printed so that every variant
+can be seen to train the same way (recomputation is exact; the distributed optimizer only
+changes the order of floating-point sums).
 
 Absolute numbers depend on the machine and on what else runs on it: compare the ratios to the
 baseline within one run.
@@ -61,7 +68,8 @@ import tempfile
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from typing import Optional
 
 import torch
@@ -103,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="tiny model, bf16 only, 2 timed steps: a ~1 minute smoke run; explicit "
+                   help="tiny model, 1 round of 2 timed steps: a ~30 s smoke run; explicit "
                         "flags still override it")
     for name in FULL:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
@@ -116,7 +124,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default=None,
                    help="comma list of variant numbers (1-based) of: " +
                         "; ".join(f"{i + 1} {v.name}" for i, v in enumerate(VARIANTS)))
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 4; 2 quick)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per round (default 3; 2 quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="times the whole variant list runs, variants taking turns (default 2; "
+                        "1 quick); the timed steps of all rounds are pooled")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed steps first (the first one also counts saved activations)")
     p.add_argument("--threads", type=int, default=None,
@@ -134,7 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, default)
     if args.steps is None:
-        args.steps = 2 if args.quick else 4
+        args.steps = 2 if args.quick else 3
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 2
     args.dtypes = [d.strip() for d in (args.dtypes or "bf16").split(",") if d.strip()]
     bad = [d for d in args.dtypes if d not in DTYPES]
     if bad or not args.dtypes:
@@ -148,8 +162,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.variant_list = list(VARIANTS)
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or WORLD_SIZE) // WORLD_SIZE)
-    if args.steps < 1 or args.warmup < 1:
-        p.error("--steps and --warmup must be >= 1 (the warm-up step counts activations)")
+    if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
+        p.error("--steps, --warmup and --rounds must be >= 1 (the warm-up step counts "
+                "activations)")
     return args
 
 
@@ -216,35 +231,54 @@ class RssSampler:
 
 class SavedActivationCounter:
     """Bytes autograd saves for backward per micro-batch forward: unique storages, parameters
-    excluded. A forward pre-hook on the model chunk starts a new micro-batch."""
+    excluded, split into what the transformer block saves (its layers and final norm) and what
+    the rest saves (embedding, output layer, loss). A forward pre-hook on the model chunk starts
+    a new micro-batch; hooks on the block mark when its forward runs."""
 
     def __init__(self, chunk: torch.nn.Module, params):
         self.param_storages = {p.untyped_storage().data_ptr() for p in params}
-        self.per_forward: list[dict[int, int]] = []
-        self._chunk = chunk
-        self._handle = None
+        self.per_forward: list[dict[int, tuple[int, str]]] = []  # storage -> (bytes, region)
+        self._chunk, self._block = chunk, chunk.decoder
+        self._region = "head"
+        self._handles = []
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if self.per_forward and storage.data_ptr() not in self.param_storages:
-            self.per_forward[-1][storage.data_ptr()] = storage.nbytes()
+        ptr = storage.data_ptr()
+        if self.per_forward and ptr not in self.param_storages:
+            self.per_forward[-1].setdefault(ptr, (storage.nbytes(), self._region))
         return tensor
 
     def _new_forward(self, *_):
         self.per_forward.append({})
 
+    def _set_region(self, region: str):
+        def hook(*_):
+            self._region = region
+        return hook
+
     def __enter__(self):
-        self._handle = self._chunk.register_forward_pre_hook(self._new_forward)
+        self._handles = [self._chunk.register_forward_pre_hook(self._new_forward),
+                         self._block.register_forward_pre_hook(self._set_region("layers")),
+                         self._block.register_forward_hook(self._set_region("head"))]
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._hooks.__exit__(*exc)
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
-    def peak_bytes(self) -> int:
-        return max((sum(seen.values()) for seen in self.per_forward), default=0)
+    def peak_bytes(self) -> dict[str, int]:
+        """{"layers": ..., "head": ...} of the micro-batch that saved the most."""
+        def split(seen):
+            out = {"layers": 0, "head": 0}
+            for nbytes, region in seen.values():
+                out[region] += nbytes
+            return out
+        return max((split(seen) for seen in self.per_forward), key=lambda d: sum(d.values()),
+                   default={"layers": 0, "head": 0})
 
 
 def state_bytes(model, grads, optimizer) -> dict[str, int]:
@@ -287,6 +321,22 @@ def synthetic_batches(args, rank: int, count: int) -> list[dict]:
     return out
 
 
+def measured_step(args, step) -> dict:
+    """Run one training step after a barrier, sampling RSS; returns its wall time, this process's
+    user and system CPU time (all threads), the loss, RSS before, and the highest RSS seen."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    before = current_rss()
+    with RssSampler(args.sample_interval_ms / 1000.0) as sampler:
+        cpu, start = os.times(), time.perf_counter()
+        loss = step()
+        seconds, cpu_end = time.perf_counter() - start, os.times()
+    return dict(seconds=seconds, user=cpu_end.user - cpu.user,
+                system=cpu_end.system - cpu.system, loss=loss, before=before,
+                peak=sampler.peak)
+
+
 def run_variant(args, variant: Variant, dtype_name: str, out_dir: str):
     """One rank of one variant: build, warm up (counting activations), time, record."""
     torch.set_num_threads(args.threads)
@@ -322,21 +372,11 @@ def run_variant(args, variant: Variant, dtype_name: str, out_dir: str):
 
     counter = SavedActivationCounter(model.chunks[0], model.parameters())
     with counter:
-        step(0)
+        warmup_peak = measured_step(args, partial(step, 0))["peak"]
     for i in range(1, args.warmup):
-        step(i)
-    seconds, cpu_seconds, rises, losses = [], [], [], []
-    for i in range(args.warmup, total_steps):
-        dist.barrier()
-        before = current_rss()
-        with RssSampler(args.sample_interval_ms / 1000.0) as sampler:
-            start, cpu = time.perf_counter(), time.process_time()
-            losses.append(step(i))
-            seconds.append(time.perf_counter() - start)
-            cpu_seconds.append(time.process_time() - cpu)
-        rises.append(sampler.peak - before)
-    result = dict(rank=rank, seconds=seconds, cpu_seconds=cpu_seconds, rss_rises=rises,
-                  losses=losses,
+        warmup_peak = max(warmup_peak, measured_step(args, partial(step, i))["peak"])
+    timed = [measured_step(args, partial(step, i)) for i in range(args.warmup, total_steps)]
+    result = dict(rank=rank, steps=timed, warmup_peak=warmup_peak,
                   saved_activation_bytes=counter.peak_bytes(),
                   state_bytes=state_bytes(model, grads, optimizer), max_rss=max_rss(),
                   rss_start=rss_start, rss_imported=rss_imported, rss_built=rss_built,
@@ -372,18 +412,23 @@ def _entry(rank: int, world_size: int, port: int, args, variant, dtype_name, out
 
 @dataclass
 class VariantResult:
+    """One variant, summarised over its rounds (fresh process pairs) and ranks."""
     dtype: str
     variant: str
     distributed_optimizer: bool
-    step_seconds: list  # per timed step, slowest rank
-    cpu_seconds: list  # per timed step, the rank that used the most CPU time
-    max_rss: int  # max over ranks
-    rss_before_build: int
+    step_seconds: list  # per timed step of every round: the slowest rank
+    cpu_seconds: list  # per timed step: the most user + system CPU time of a rank's process
+    user_seconds: list  # per timed step: the most user CPU time of a rank's process
+    system_seconds: list  # per timed step: the most system CPU time of a rank's process
+    step_peak: float  # median over timed steps of the highest RSS of a rank
+    rss_rise: float  # median over timed steps of the largest rise of a rank
+    warmup_peak: int  # highest RSS in the warm-up step(s), max over ranks and rounds
+    max_rss: int  # ru_maxrss, max over ranks and rounds
+    rss_imported: int
     rss_built: int
-    rss_rise: float  # median over steps, max over ranks
-    saved_activations: int  # max over ranks
-    state: dict  # max over ranks, per kind
-    losses: list  # rank 0
+    saved: dict  # saved activation bytes, "layers" / "head", max over ranks
+    state: dict  # bytes of long-lived tensors per kind, max over ranks
+    losses: list  # rank 0, last round
     num_params: int
 
     @property
@@ -395,11 +440,22 @@ class VariantResult:
         return statistics.median(self.cpu_seconds)
 
     @property
+    def median_user_seconds(self) -> float:
+        return statistics.median(self.user_seconds)
+
+    @property
     def state_total(self) -> int:
-        return sum(self.state.values())
+        """Tensors kept for the whole run. The distributed optimizer's reduce-scatter outputs
+        are left out: they are made in the backward pass and dropped by the next step's
+        GradientBuffer.start, so they are not alive when the forward pass peaks."""
+        return sum(v for k, v in self.state.items() if k != TRANSIENT_STATE)
 
 
-def launch(args, variant: Variant, dtype_name: str) -> VariantResult:
+TRANSIENT_STATE = "reduce-scatter outputs"
+
+
+def launch(args, variant: Variant, dtype_name: str) -> list[dict]:
+    """One round of one variant in a fresh pair of processes: each rank's record."""
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as out_dir:
         mp.start_processes(_entry, args=(WORLD_SIZE, _free_port(), args, variant, dtype_name,
                                          out_dir),
@@ -408,20 +464,36 @@ def launch(args, variant: Variant, dtype_name: str) -> VariantResult:
         for r in range(WORLD_SIZE):
             with open(os.path.join(out_dir, f"rank{r}.json")) as f:
                 ranks.append(json.load(f))
-    steps = [max(r["seconds"][i] for r in ranks) for i in range(len(ranks[0]["seconds"]))]
-    cpu = [max(r["cpu_seconds"][i] for r in ranks) for i in range(len(ranks[0]["seconds"]))]
-    kinds = ranks[0]["state_bytes"].keys()
+    return ranks
+
+
+def slowest_step_times(ranks: list[dict]) -> list[float]:
+    return [max(r["steps"][i]["seconds"] for r in ranks) for i in range(len(ranks[0]["steps"]))]
+
+
+def summarise(variant: Variant, dtype_name: str, rounds: list[list[dict]]) -> VariantResult:
+    """Pool the timed steps of every round; per step take the worst rank."""
+    steps = [[r["steps"][i] for r in ranks] for ranks in rounds
+             for i in range(len(ranks[0]["steps"]))]
+    every_rank = [r for ranks in rounds for r in ranks]
+    first = rounds[0]
     return VariantResult(
         dtype=dtype_name, variant=variant.name,
-        distributed_optimizer=variant.distributed_optimizer, step_seconds=steps,
-        cpu_seconds=cpu,
-        max_rss=max(r["max_rss"] for r in ranks),
-        rss_before_build=max(r["rss_imported"] for r in ranks),
-        rss_built=max(r["rss_built"] for r in ranks),
-        rss_rise=max(statistics.median(r["rss_rises"]) for r in ranks),
-        saved_activations=max(r["saved_activation_bytes"] for r in ranks),
-        state={k: max(r["state_bytes"][k] for r in ranks) for k in kinds},
-        losses=ranks[0]["losses"], num_params=ranks[0]["num_params"])
+        distributed_optimizer=variant.distributed_optimizer,
+        step_seconds=[max(r["seconds"] for r in step) for step in steps],
+        cpu_seconds=[max(r["user"] + r["system"] for r in step) for step in steps],
+        user_seconds=[max(r["user"] for r in step) for step in steps],
+        system_seconds=[max(r["system"] for r in step) for step in steps],
+        step_peak=statistics.median(max(r["peak"] for r in step) for step in steps),
+        rss_rise=statistics.median(max(r["peak"] - r["before"] for r in step) for step in steps),
+        warmup_peak=max(r["warmup_peak"] for r in every_rank),
+        max_rss=max(r["max_rss"] for r in every_rank),
+        rss_imported=max(r["rss_imported"] for r in every_rank),
+        rss_built=max(r["rss_built"] for r in every_rank),
+        saved={k: max(r["saved_activation_bytes"][k] for r in first)
+               for k in first[0]["saved_activation_bytes"]},
+        state={k: max(r["state_bytes"][k] for r in first) for k in first[0]["state_bytes"]},
+        losses=[s["loss"] for s in rounds[-1][0]["steps"]], num_params=first[0]["num_params"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,6 +518,10 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
+def _mib(value: float) -> str:
+    return f"{value / MIB:.0f}"
+
+
 def megatron_bytes_per_param(r: VariantResult) -> float:
     """What Megatron-LM's distributed-optimizer guide gives for the same precision: bf16
     weights + fp32 gradients 18 bytes (6 + 12 / DP sharded), fp32 16 (8 + 8 / DP sharded: fp32
@@ -454,36 +530,51 @@ def megatron_bytes_per_param(r: VariantResult) -> float:
     return fixed + sharded / (WORLD_SIZE if r.distributed_optimizer else 1)
 
 
+def main_table(rows_of: list[VariantResult]) -> tuple[list[str], list[list[str]]]:
+    base = rows_of[0]
+    header = ["variant", "peak RSS in a step MiB", "x base", "saved activations: layers MiB",
+              "x base", "saved activations: embedding + head + loss MiB",
+              "model + optimizer state MiB", "x base", "median step s", "x base",
+              "CPU s / step (user + system)", "x base", "user CPU s / step", "x base",
+              "last loss"]
+    rows = [[r.variant, _mib(r.step_peak), _ratio(r.step_peak, base.step_peak),
+             _mib(r.saved["layers"]), _ratio(r.saved["layers"], base.saved["layers"]),
+             _mib(r.saved["head"]),
+             _mib(r.state_total), _ratio(r.state_total, base.state_total),
+             f"{r.median_seconds:.2f}", _ratio(r.median_seconds, base.median_seconds),
+             f"{r.median_cpu_seconds:.2f}",
+             _ratio(r.median_cpu_seconds, base.median_cpu_seconds),
+             f"{r.median_user_seconds:.2f}",
+             _ratio(r.median_user_seconds, base.median_user_seconds),
+             f"{r.losses[-1]:.5f}"] for r in rows_of]
+    return header, rows
+
+
+def detail_table(rows_of: list[VariantResult]) -> tuple[list[str], list[list[str]]]:
+    kinds = [k for k in rows_of[0].state if k != TRANSIENT_STATE]
+    header = ["variant", *[f"{k} MiB" for k in kinds], "state MiB", "bytes / param",
+              "Megatron-LM bytes / param", f"{TRANSIENT_STATE} MiB (held after the step)",
+              "RSS after imports MiB", "RSS after build MiB", "step RSS rise MiB",
+              "warm-up step peak MiB", "lifetime peak RSS MiB", "system CPU s / step",
+              "all step times s"]
+    rows = [[r.variant, *[_mib(r.state[k]) for k in kinds], _mib(r.state_total),
+             f"{r.state_total / r.num_params:.1f}", f"{megatron_bytes_per_param(r):g}",
+             _mib(r.state.get(TRANSIENT_STATE, 0)), _mib(r.rss_imported), _mib(r.rss_built),
+             _mib(r.rss_rise), _mib(r.warmup_peak), _mib(r.max_rss),
+             f"{statistics.median(r.system_seconds):.2f}",
+             ", ".join(f"{s:.2f}" for s in r.step_seconds)] for r in rows_of]
+    return header, rows
+
+
 def tables(results: list[VariantResult]) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     for dtype in dict.fromkeys(r.dtype for r in results):
         rows_of = [r for r in results if r.dtype == dtype]
-        base = rows_of[0]
-        header = ["variant", "peak RSS MiB", "x base", "step RSS rise MiB", "x base",
-                  "saved activations MiB", "x base", "model+optimizer state MiB", "x base",
-                  "median step s", "x base", "CPU s / step", "x base", "last loss"]
-        rows = [[r.variant, f"{r.max_rss / MIB:.0f}", _ratio(r.max_rss, base.max_rss),
-                 f"{r.rss_rise / MIB:.0f}", _ratio(r.rss_rise, base.rss_rise),
-                 f"{r.saved_activations / MIB:.0f}",
-                 _ratio(r.saved_activations, base.saved_activations),
-                 f"{r.state_total / MIB:.0f}", _ratio(r.state_total, base.state_total),
-                 f"{r.median_seconds:.2f}", _ratio(r.median_seconds, base.median_seconds),
-                 f"{r.median_cpu_seconds:.2f}",
-                 _ratio(r.median_cpu_seconds, base.median_cpu_seconds),
-                 f"{r.losses[-1]:.5f}"] for r in rows_of]
         out.append((f"{dtype}: per rank (max over the {WORLD_SIZE} ranks); ratios to "
-                    f"'{base.variant}'", header, rows))
-        kinds = list(base.state)
-        header = ["variant", *[f"{k} MiB" for k in kinds], "total MiB", "bytes / param",
-                  "Megatron-LM bytes / param", "RSS after imports MiB", "RSS after build MiB",
-                  "all step times s"]
-        rows = [[r.variant, *[f"{r.state[k] / MIB:.0f}" for k in kinds],
-                 f"{r.state_total / MIB:.0f}", f"{r.state_total / r.num_params:.1f}",
-                 f"{megatron_bytes_per_param(r):g}",
-                 f"{r.rss_before_build / MIB:.0f}", f"{r.rss_built / MIB:.0f}",
-                 ", ".join(f"{s:.2f}" for s in r.step_seconds)] for r in rows_of]
-        out.append((f"{dtype}: model + optimizer state per rank ({base.num_params / 1e6:.1f} M "
-                    "parameters), and where RSS stood", header, rows))
+                    f"'{rows_of[0].variant}'", *main_table(rows_of)))
+        out.append((f"{dtype}: model + optimizer state per rank "
+                    f"({rows_of[0].num_params / 1e6:.1f} M parameters), and where RSS stood",
+                    *detail_table(rows_of)))
     return out
 
 
@@ -502,8 +593,9 @@ def describe(args, config) -> str:
             f"{config.ffn_hidden_size}, vocab {config.vocab_size}, seq {args.seq_length}, micro "
             f"batch {args.micro_batch_size}, {args.num_micro_batches} micro-batch(es) per rank "
             f"per step, DP={WORLD_SIZE} (TP=1, PP=1); causal LM on random tokens; "
-            f"{args.warmup} warm-up + {args.steps} timed steps per variant, each variant in "
-            "fresh processes; malloc mmap threshold " +
+            f"{args.rounds} round(s) of every variant in turn, each in fresh processes, with "
+            f"{args.warmup} warm-up + {args.steps} timed steps; step figures are medians over "
+            "the timed steps of all rounds; malloc mmap threshold " +
             (f"{args.mmap_threshold_kib} KiB." if args.mmap_threshold_kib > 0 else
              "glibc's default."))
 
@@ -527,18 +619,20 @@ def main(argv=None) -> int:
     machine = machine_line(args)
     print(f"Machine: {machine}")
     print(describe(args, config), flush=True)
-    results = []
+    rounds: dict[tuple, list] = {}
     wall, loads = time.perf_counter(), [load_average()]
-    for dtype_name in args.dtypes:
-        for variant in args.variant_list:
-            start = time.perf_counter()
-            result = launch(args, variant, dtype_name)
-            results.append(result)
-            print(f"[{dtype_name}] {variant.name}: peak RSS {result.max_rss / MIB:.0f} MiB, "
-                  f"saved activations {result.saved_activations / MIB:.0f} MiB, state "
-                  f"{result.state_total / MIB:.0f} MiB, median step {result.median_seconds:.2f}"
-                  f" s ({time.perf_counter() - start:.0f} s with start-up; load average "
-                  f"{load_average()})", flush=True)
+    for round_index in range(args.rounds):  # variants take turns: drifting load hits all alike
+        for dtype_name in args.dtypes:
+            for variant in args.variant_list:
+                start = time.perf_counter()
+                ranks = launch(args, variant, dtype_name)
+                rounds.setdefault((dtype_name, variant), []).append(ranks)
+                times = ", ".join(f"{t:.2f}" for t in slowest_step_times(ranks))
+                print(f"[round {round_index + 1}/{args.rounds}, {dtype_name}] {variant.name}: "
+                      f"step times {times} s ({time.perf_counter() - start:.0f} s with "
+                      f"start-up; load average {load_average()})", flush=True)
+    results = [summarise(variant, dtype_name, ranks)
+               for (dtype_name, variant), ranks in rounds.items()]
     loads.append(load_average())
     load_line = (f"1-minute load average at start / end: {loads[0]} / {loads[1]} (this run "
                  f"itself adds {WORLD_SIZE})")

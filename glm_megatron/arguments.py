@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from . import objectives
 from .config import ConfigError, GLMConfig
 from .presets import PRESETS, preset_names
 
@@ -63,8 +64,10 @@ def _model_args(parser: argparse.ArgumentParser):
 
 def _training_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("training")
-    g.add_argument("--objective", default="causal", choices=["causal"],
-                   help="pretraining objective")
+    g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
+                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: [gMASK] + <sop> "
+                        "generation (ChatGLM-6B); blank-infilling: GLM's autoregressive blank "
+                        "infilling")
     g.add_argument("--seq-length", type=int, default=256)
     g.add_argument("--micro-batch-size", type=int, default=4)
     g.add_argument("--global-batch-size", type=int, default=16)
@@ -152,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pretrain_glm.py",
         description="Pretrain a GLM model. Run with torchrun for several processes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for add in (_model_args, _training_args, _optimizer_args, _parallel_args, _data_args,
-                _checkpoint_and_logging_args):
+    for add in (_model_args, _training_args, objectives.add_arguments, _optimizer_args,
+                _parallel_args, _data_args, _checkpoint_and_logging_args):
         add(parser)
     return parser
 
@@ -195,6 +198,12 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GLMConfig:
         values["activation"] = "swiglu" if args.swiglu else "geglu" if args.geglu else "gelu"
     if args.disable_bias_linear is not None:
         values["add_bias_linear"] = not args.disable_bias_linear
+    rope = values.get("position_embedding_type", GLMConfig.position_embedding_type) == "rope"
+    if args.objective != "causal" and rope and args.block_position_encoding is None:
+        # ChatGLM2/3 and GLM-4 have no block positions of their own: GLM's objectives feed the
+        # block ids to the next rotary slice of the head, as ChatGLM-6B does, unless
+        # --no-block-position, which leaves the architecture (and its exports) unchanged.
+        values["block_position_encoding"] = not args.no_block_position
     values["vocab_size"] = vocab_size
     config = GLMConfig(**values)
     if args.seq_length > config.max_position_embeddings:

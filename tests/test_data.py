@@ -16,6 +16,7 @@ from glm_megatron.data.datasets import DataError, build_datasets
 from glm_megatron.data.indexed import write_indexed_dataset
 from glm_megatron.data.sampler import build_data_loader
 from glm_megatron.data.tokenizer import SPECIAL_TOKENS, GLMTokenizer, padded_vocab_size
+from glm_megatron.objectives import CausalCollator
 from multiprocess import run_distributed
 
 SEQ, SAMPLES = 64, (64, 16, 8)
@@ -170,7 +171,9 @@ def test_causal_batch_format(builtin, tokenizer, world, tmp_path):
     train, valid, test = build_datasets([ensure_builtin_data()[0]], "969,30,1", SEQ, 1234,
                                         SAMPLES, tokenizer, cache_path=str(tmp_path))
     assert len(train) >= SAMPLES[0] and len(valid) >= SAMPLES[1] and len(test) >= SAMPLES[2]
-    batch = next(iter(build_data_loader(train, 0, 4, 0, 1)))
+    assert train[0].shape == (SEQ + 1,) and train[0].dtype == numpy.int64
+    batch = next(iter(build_data_loader(train, CausalCollator(tokenizer, SEQ), 0, 4, 0, 1,
+                                        seed=1234)))
     assert sorted(batch) == ["labels", "loss_mask", "position_ids", "tokens"]
     for key, dtype in [("tokens", torch.int64), ("labels", torch.int64),
                        ("loss_mask", torch.float32), ("position_ids", torch.int64)]:
@@ -187,7 +190,7 @@ def test_weighted_blend_and_unused_splits(tmp_path, world):
     train, valid, test = build_datasets(["0.75", a, "0.25", b], "8,2,0", 16, 1, (200, 0, 0),
                                         _TinyTokenizer())
     assert valid is None and test is None and len(train) >= 200
-    from_a = sum(int(train[i]["tokens"][0]) < 60 for i in range(200))
+    from_a = sum(int(train[i][0]) < 60 for i in range(200))
     assert 140 <= from_a <= 160
 
 
@@ -196,7 +199,8 @@ def _first_batches(seed, steps, global_batch, micro, dp_rank, dp_size, consumed=
     tokenizer = GLMTokenizer(ensure_builtin_data()[1])
     train = build_datasets([prefix], "969,30,1", SEQ, seed, (steps * global_batch, 0, 0),
                            tokenizer)[0]
-    batches = iter(build_data_loader(train, consumed, micro, dp_rank, dp_size))
+    batches = iter(build_data_loader(train, CausalCollator(tokenizer, SEQ), consumed, micro,
+                                     dp_rank, dp_size, seed=seed))
     per_step = global_batch // (micro * dp_size)
     return [torch.cat([next(batches)["tokens"] for _ in range(per_step)]) for _ in range(steps)]
 

@@ -2,9 +2,9 @@
 from Python's own documentation (builtin_corpus.py), built once and cached.
 
 Cache: $GLM_MEGATRON_CACHE, else $XDG_CACHE_HOME/glm_megatron, else ~/.cache/glm_megatron; inside
-it one folder per Python version (the text comes from the installation):
-    builtin-py3.11.7/tokenizer.model
-    builtin-py3.11.7/corpus_text_document.{bin,idx}
+it one folder per corpus version and Python version (the text comes from the installation):
+    builtin-v2-py3.11.7/tokenizer.model
+    builtin-v2-py3.11.7/corpus_text_document.{bin,idx}
 Several processes may call ensure_builtin_data at once (torchrun): an exclusive lock on
 builtin-*/.lock lets one build while the others wait, then all reuse the files. Every file is
 written under a temporary name and renamed when complete, so a killed build leaves nothing that
@@ -30,12 +30,14 @@ SENTENCEPIECE_VOCAB_SIZE = 8000
 # megatron-core splits train/valid/test by contiguous document ranges, and in corpus order the
 # validation split would be a handful of alphabetically last modules.
 _SHUFFLE_SEED = 1234
+# Raised whenever builtin_corpus.py changes the text, so that no cache of older text is reused.
+CORPUS_VERSION = 2
 
 
 def builtin_cache_dir() -> str:
     root = os.environ.get("GLM_MEGATRON_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "glm_megatron")
-    return os.path.abspath(os.path.join(root, f"builtin-py{platform.python_version()}"))
+    return os.path.abspath(os.path.join(root, f"builtin-v{CORPUS_VERSION}-py{platform.python_version()}"))
 
 
 def _paths(cache_dir: str) -> tuple[str, str]:

@@ -8,6 +8,13 @@ Two sources, in this order:
   its top-level functions' docstrings, and one document per class with the class docstring and
   its methods' docstrings.
 
+`python -m glm_megatron.data.builtin_corpus OUT.jsonl` writes the corpus as JSON lines (key
+"text"), the input format of tools/train_tokenizer.py and tools/preprocess_data.py.
+
+Docstrings are hard-wrapped at ~72 columns; a paragraph of plain prose lines is joined into one
+line (its wrapping is layout, not text), while code, lists, tables and indented blocks keep
+their lines. Otherwise the newline would be the corpus's most frequent token.
+
 The sources are read with `ast`, never imported: importing arbitrary modules can have side
 effects (`antigravity` opens a browser) and would make the text depend on which optional C
 extensions are installed. For a given Python version the documents and their order are fixed.
@@ -16,8 +23,12 @@ extensions are installed. For a given Python version the documents and their ord
 from __future__ import annotations
 
 import ast
+import json
 import os
+import re
+import sys
 import sysconfig
+import textwrap
 from typing import Iterator
 
 MIN_DOCUMENT_CHARS = 200
@@ -44,6 +55,19 @@ STDLIB_MODULES = (
 )
 
 _SKIPPED_DIRS = {"test", "tests", "idle_test", "__pycache__"}
+# A line starting like this is code, a list item, a table or a heading underline: its block
+# keeps its line breaks.
+_LAYOUT_LINE = re.compile(r"^(\s|>>>|\.\.\.|[-*+|#=~^`]|\d+[.)]\s|[A-Za-z][.)]\s)")
+
+
+def _unwrap_paragraphs(text: str) -> str:
+    """Join the lines of each blank-line-separated block made only of prose lines."""
+    blocks = re.split(r"\n[ \t]*\n", text)
+    for i, block in enumerate(blocks):
+        lines = textwrap.dedent(block).split("\n")  # the language reference indents prose
+        if len(lines) > 1 and not any(_LAYOUT_LINE.match(line) for line in lines):
+            blocks[i] = " ".join(line.strip() for line in lines)
+    return "\n\n".join(blocks)
 
 
 def _module_files(name: str, stdlib: str) -> list[str]:
@@ -103,7 +127,25 @@ def iter_builtin_documents() -> Iterator[str]:
     duplicates (several modules repeat the same docstrings), in a fixed order."""
     seen = set()
     for text in _raw_documents():
-        text = text.strip()
+        text = _unwrap_paragraphs(text.strip())
         if len(text) >= MIN_DOCUMENT_CHARS and text not in seen:
             seen.add(text)
             yield text
+
+
+def write_jsonl(path: str) -> int:
+    """Write the corpus to `path` as JSON lines (written beside it, then renamed into place);
+    returns the number of documents."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        count = 0
+        for count, text in enumerate(iter_builtin_documents(), 1):
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    os.replace(partial, path)
+    return count
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m glm_megatron.data.builtin_corpus OUT.jsonl")
+    print(f"wrote {write_jsonl(sys.argv[1])} documents to {sys.argv[1]}")

@@ -1,18 +1,19 @@
-"""Train/valid/test datasets for the causal objective, built by megatron-core.
+"""Train/valid/test datasets of packed token samples, built by megatron-core.
 
 `--data-path` is Megatron-LM's: one PREFIX, or a weighted blend W1 PREFIX1 W2 PREFIX2 ... of
 indexed datasets (PREFIX.bin + PREFIX.idx). megatron-core's BlendedMegatronDatasetBuilder makes
 GPTDatasets (and a BlendedDataset for a blend): documents are split train/valid/test by
-contiguous ranges per `--split`, shuffled with the seed, and packed into samples of seq_length
-tokens. With torch.distributed initialized, rank 0 builds the sample indices first and the
-other ranks load them from the cache (a folder beside the first prefix).
+contiguous ranges per `--split`, shuffled with the seed, joined with their end-of-document
+tokens and cut into samples. With torch.distributed initialized, rank 0 builds the sample
+indices first and the other ranks load them from the cache (a folder beside the first prefix).
 
-Each sample (and, stacked, each batch) is
-    tokens        int64   [s]  input ids
-    labels        int64   [s]  target at each position: the next token
-    loss_mask     float32 [s]  1 everywhere (end-of-document tokens are trained on, as in Megatron)
-    position_ids  int64   [s]  0 .. s-1 (no reset at document boundaries, as in Megatron)
-No "sep" key: every position attends causally.
+Each sample is an int64 numpy array of seq_length + 1 tokens (the inputs and, one further, the
+last causal label); the objective's collator (glm_megatron.objectives) turns micro-batches of
+them into model batches. With a sentence-end table (GLM's objectives) a sample that starts
+inside a sentence drops that fragment, as GLM's crops start at sentence starts: the first
+sentence end or end-of-document within the first half of the sample, the sample shifted left
+and padded with the pad id. megatron-core does not say where the previous sample ended, so
+every sample counts as starting inside a sentence.
 
 Input problems that megatron-core reports badly (asserts, or a split with no tokens, on which
 GPTDataset loops forever) are checked first and raised as DataError naming the flag.
@@ -35,7 +36,6 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import DType
 
 SPLIT_NAMES = ("train", "valid", "test")
-_BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 _IDX_MAGIC = b"MMIDIDX\x00\x00"
 _IDX_HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequences, documents
 _PREFIX_HINT = ("give the prefix of a .bin/.idx pair without the extension, as written by "
@@ -163,23 +163,34 @@ def _default_cache_path(prefixes: list[str]) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(prefixes[0])), "index-cache", key)
 
 
-class CausalLMDataset(torch.utils.data.Dataset):
-    """A megatron-core dataset reduced to the batch format in the module docstring."""
+class TokenSamples(torch.utils.data.Dataset):
+    """A megatron-core dataset as samples of seq_length + 1 token ids (see the module
+    docstring); `sentence_end` (a boolean table over token ids) aligns them to sentences."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, dataset, eod: int, pad: int, sentence_end: Optional[numpy.ndarray] = None):
+        self.dataset, self.eod, self.pad, self.sentence_end = dataset, eod, pad, sentence_end
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> numpy.ndarray:
         sample = self.dataset[index]
-        return {k: sample[k] for k in _BATCH_KEYS}
+        tokens = numpy.concatenate([sample["tokens"].numpy(), sample["labels"][-1:].numpy()])
+        return tokens if self.sentence_end is None else self._from_sentence_start(tokens)
+
+    def _from_sentence_start(self, tokens: numpy.ndarray) -> numpy.ndarray:
+        head = tokens[:len(tokens) // 2]
+        ends = numpy.flatnonzero(self.sentence_end[head] | (head == self.eod))
+        if not len(ends):
+            return tokens
+        drop = int(ends[0]) + 1
+        return numpy.concatenate([tokens[drop:], numpy.full(drop, self.pad, tokens.dtype)])
 
 
 def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: int,
                    num_samples: Sequence[int], tokenizer, cache_path: Optional[str] = None,
-                   ) -> tuple[Optional[CausalLMDataset], ...]:
+                   sentence_end: Optional[numpy.ndarray] = None,
+                   ) -> tuple[Optional[TokenSamples], ...]:
     """(train, valid, test); a split is None when its share in `split` is 0 or no samples are
     requested from it. num_samples: samples needed per split (e.g. train_iters x global batch).
     Call on every rank: with torch.distributed initialized the ranks synchronise (rank 0 builds
@@ -208,4 +219,5 @@ def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: 
     config.split_matrix = _active_splits(config, prefixes, lengths, num_samples, split)
     built = BlendedMegatronDatasetBuilder(GPTDataset, [int(n) for n in num_samples],
                                           lambda: True, config).build()
-    return tuple(CausalLMDataset(d) if d is not None else None for d in built)
+    return tuple(TokenSamples(d, tokenizer.eod, tokenizer.pad, sentence_end)
+                 if d is not None else None for d in built)

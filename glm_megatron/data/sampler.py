@@ -6,18 +6,29 @@ stream is read in chunks of micro_batch_size x data-parallel size; DP rank r tak
 [r*mbs, (r+1)*mbs) of every chunk. Starting at `consumed_samples` therefore resumes exactly
 where an uninterrupted run would be, and the global batch of a step is the same for any DP size.
 The order depends only on the dataset (i.e. the seed), never on the loader.
+
+Each micro-batch is collated by the objective in the DataLoader worker that fetches it, with a
+random generator keyed by the micro-batch's ordinal in the stream (its first sample // mbs):
+the same samples get the same masks at any DP size, in any worker, and after a resume.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
+from ..objectives.common import microbatch_rng
+
+
+class MicroBatchRef(NamedTuple):
+    ordinal: int        # position of its first sample in the stream // micro_batch_size
+    indices: list[int]  # dataset indices of its samples
+
 
 class PretrainingBatchSampler(torch.utils.data.Sampler):
-    """Endless lists of dataset indices: this rank's micro-batches, in training order."""
+    """Endless MicroBatchRefs: this rank's micro-batches, in training order."""
 
     def __init__(self, dataset_length: int, consumed_samples: int, micro_batch_size: int,
                  data_parallel_rank: int, data_parallel_size: int):
@@ -27,27 +38,44 @@ class PretrainingBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"micro_batch_size {micro_batch_size} must be positive and "
                              f"data_parallel_rank {data_parallel_rank} in "
                              f"0..{data_parallel_size - 1}")
-        if consumed_samples < 0:
-            raise ValueError(f"consumed_samples {consumed_samples} must be non-negative")
+        if consumed_samples < 0 or consumed_samples % micro_batch_size:
+            raise ValueError(f"consumed_samples {consumed_samples} must be a non-negative "
+                             f"multiple of micro_batch_size {micro_batch_size}")
         self.dataset_length = dataset_length
         self.consumed_samples = consumed_samples
         self.micro_batch_size = micro_batch_size
         self.data_parallel_rank = data_parallel_rank
         self.data_parallel_size = data_parallel_size
 
-    def __iter__(self) -> Iterator[list[int]]:
-        chunk = self.micro_batch_size * self.data_parallel_size
-        offset = self.data_parallel_rank * self.micro_batch_size
+    def __iter__(self) -> Iterator[MicroBatchRef]:
+        mbs = self.micro_batch_size
+        chunk = mbs * self.data_parallel_size
+        offset = self.data_parallel_rank * mbs
         for start in itertools.count(self.consumed_samples, chunk):
             first = start + offset
-            yield [i % self.dataset_length for i in range(first, first + self.micro_batch_size)]
+            yield MicroBatchRef(first // mbs,
+                                [i % self.dataset_length for i in range(first, first + mbs)])
 
 
-def build_data_loader(dataset, consumed_samples: int, micro_batch_size: int,
-                      data_parallel_rank: int, data_parallel_size: int,
-                      num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """An endless DataLoader of this rank's micro-batches (dicts of stacked tensors)."""
-    sampler = PretrainingBatchSampler(len(dataset), consumed_samples, micro_batch_size,
+class CollatedMicroBatches(torch.utils.data.Dataset):
+    """MicroBatchRef -> model batch: reads the samples and collates them (in the worker)."""
+
+    def __init__(self, samples, collate: Callable, seed: int, split: int):
+        self.samples, self.collate, self.seed, self.split = samples, collate, seed, split
+
+    def __getitem__(self, ref: MicroBatchRef) -> dict:
+        rng = microbatch_rng(self.seed, ref.ordinal, self.split)
+        return self.collate([self.samples[i] for i in ref.indices], rng)
+
+
+def build_data_loader(samples, collate: Callable, consumed_samples: int, micro_batch_size: int,
+                      data_parallel_rank: int, data_parallel_size: int, seed: int,
+                      split: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """An endless DataLoader of this rank's micro-batches (dicts of stacked tensors).
+    `collate(samples, rng)` is the objective's collator; `split` (0 train, 1 valid, 2 test)
+    keys its random streams apart."""
+    sampler = PretrainingBatchSampler(len(samples), consumed_samples, micro_batch_size,
                                       data_parallel_rank, data_parallel_size)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                       pin_memory=torch.cuda.is_available())
+    return torch.utils.data.DataLoader(
+        CollatedMicroBatches(samples, collate, seed, split), sampler=sampler, batch_size=None,
+        num_workers=num_workers, pin_memory=torch.cuda.is_available())

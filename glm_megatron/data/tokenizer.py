@@ -138,6 +138,10 @@ class GLMTokenizer:
     def cls(self) -> int:
         return self.special_tokens["[CLS]"]
 
+    def pieces(self) -> list[str]:
+        """The SentencePiece pieces by id (the special tokens after them are not included)."""
+        return [self._sp.id_to_piece(i) for i in range(self._sp_size)]
+
     def tokenize(self, text: str) -> list[int]:
         """Plain SentencePiece ids: no BOS/EOS added, no special-token parsing."""
         return self._sp.encode(text)

@@ -1,7 +1,7 @@
 """Pretraining objectives as collations: packed token samples in, model batches out.
 
 `build_collator(objective, ...)` returns a picklable `(samples, rng) -> batch` for DataLoader
-workers; draw `rng` with `microbatch_rng(seed, iteration, dp_rank, microbatch_index)` so that a
+workers; draw `rng` with `microbatch_rng(seed, microbatch, split)` so that a
 micro-batch is the same whichever worker makes it and after a resume.
 
 Batches (torch tensors, one static shape per objective and seq_length, see `collator.length`):

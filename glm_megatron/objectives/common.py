@@ -60,17 +60,18 @@ class SpecialTokenIds:
         return dataclasses.asdict(self)
 
 
-def microbatch_rng(seed: int, iteration: int, dp_rank: int,
-                   microbatch_index: int) -> np.random.Generator:
-    """The generator for one micro-batch: a pure function of its four coordinates.
+def microbatch_rng(seed: int, microbatch: int, split: int = 0) -> np.random.Generator:
+    """The generator for one micro-batch: a pure function of its coordinates.
 
-    The same (seed, iteration, data-parallel rank, micro-batch index within the step) always
-    gives the same stream, whichever worker process collates it and whether or not the run was
-    resumed; any other tuple gives an independent stream (NumPy's SeedSequence hashing).
+    `microbatch` is the micro-batch's ordinal in its split's sample stream (its first sample's
+    position // micro_batch_size). In training that is iteration * (global_batch / micro_batch)
+    + microbatch_index * dp_size + dp_rank: a function of (seed, iteration, DP rank, micro-batch
+    index), and the same group of samples gets the same stream at every DP size, in whichever
+    worker process collates it and after a resume. `split` (0 train, 1 valid, 2 test) keeps
+    the streams apart. Different coordinates give independent streams (NumPy's SeedSequence).
     """
-    words = (seed, iteration, dp_rank, microbatch_index)
-    names = ("seed", "iteration", "dp_rank", "microbatch_index")
-    for name, word in zip(names, words):
+    words = (seed, microbatch, split)
+    for name, word in zip(("seed", "microbatch", "split"), words):
         if isinstance(word, bool) or not isinstance(word, (int, np.integer)) or word < 0:
             raise ValueError(f"microbatch_rng: {name}={word!r} must be a non-negative int")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) for w in words])))

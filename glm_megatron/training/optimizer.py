@@ -136,7 +136,10 @@ class MixedPrecisionAdamW:
     def _global_grad_norm(self) -> float:
         counted = [s.grad for s in self.segments if counts_for_norm(s.param)]
         device = self.grads.buffer.device
-        sq = (torch.stack([g.double().pow(2).sum() for g in counted]).sum().reshape(1)
+        # Per-tensor norms in the gradients' own dtype (one fused pass, as clip_grad_norm_
+        # does), then the few hundred squares summed in float64: squaring float64 copies of
+        # every gradient costs a full-model allocation and a large share of the step.
+        sq = (torch.stack(torch._foreach_norm(counted)).double().pow(2).sum().reshape(1)
               if counted else torch.zeros(1, dtype=torch.float64, device=device))
         if self.distributed:  # each DP rank holds a disjoint slice
             dist.all_reduce(sq, group=mpu.get_data_parallel_group())

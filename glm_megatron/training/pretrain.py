@@ -25,6 +25,8 @@ from ..data.tokenizer import GLMTokenizer, padded_vocab_size
 from ..model.builder import build_model_chunks
 from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
+from ..objectives import (BlankInfillingConfig, SpecialTokenIds, build_collator,
+                          sentence_end_table)
 from ..parallel import state
 from ..parallel.pipeline import PipelineSchedule
 from ..parallel.random import set_random_seed
@@ -61,7 +63,10 @@ def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
     if not os.path.isfile(tokenizer_path):
         raise ConfigError(f"--tokenizer-model {tokenizer_path} does not exist; give the "
                           "SentencePiece .model the data was preprocessed with")
-    return data_path, GLMTokenizer(tokenizer_path)
+    try:
+        return data_path, GLMTokenizer(tokenizer_path)
+    except ValueError as error:  # a model GLM's special tokens cannot be appended to
+        raise ConfigError(f"--tokenizer-model {error}") from error
 
 
 def _vocab_size(args, tokenizer: GLMTokenizer, saved: dict | None) -> int:
@@ -98,10 +103,23 @@ def _virtual_stages(args, config: GLMConfig) -> int:
     return config.num_layers // (pp * per_chunk)
 
 
-def _execution_options(args) -> ExecutionOptions:
-    if args.sequence_parallel and args.seq_length % args.tensor_model_parallel_size:
-        raise ConfigError(f"--sequence-parallel needs --seq-length {args.seq_length} divisible "
-                          f"by --tensor-model-parallel-size {args.tensor_model_parallel_size}")
+def _collator(args, tokenizer: GLMTokenizer):
+    """The objective's collator and, for GLM's blank infilling, the sentence-end table that
+    both it and the sentence-aligned samples use."""
+    config = BlankInfillingConfig.from_args(args) if args.objective != "causal" else None
+    table = None
+    if args.objective == "blank-infilling":
+        table = sentence_end_table(tokenizer.pieces(), tokenizer.vocab_size)
+    collator = build_collator(args.objective, config, SpecialTokenIds.from_tokenizer(tokenizer),
+                              table, args.seq_length)
+    return collator, table
+
+
+def _execution_options(args, length: int) -> ExecutionOptions:
+    if args.sequence_parallel and length % args.tensor_model_parallel_size:
+        raise ConfigError(f"--sequence-parallel needs the batch length {length} (--seq-length "
+                          f"{args.seq_length} with --objective {args.objective}) divisible by "
+                          f"--tensor-model-parallel-size {args.tensor_model_parallel_size}")
     return ExecutionOptions(args.sequence_parallel, args.recompute_granularity,
                             args.recompute_method, args.recompute_num_layers)
 
@@ -149,6 +167,7 @@ class Job:
     optimizer: MixedPrecisionAdamW
     scheduler: OptimizerParamScheduler
     datasets: tuple
+    collator: object  # (samples, rng) -> batch of static length collator.length
     num_microbatches: int
     pipeline: PipelineSchedule | None
 
@@ -157,9 +176,10 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     layout = state.initialize_parallel(args.tensor_model_parallel_size,
                                        args.pipeline_model_parallel_size, args.device)
     num_microbatches = _num_microbatches(args)
-    options = _execution_options(args)
     set_random_seed(args.seed)
     data_path, tokenizer = _resolve_data(args)
+    collator, sentence_end = _collator(args, tokenizer)
+    options = _execution_options(args, collator.length)
     args.tokenizer_model = tokenizer.model_path  # recorded in checkpoints, found by exports
     saved = _saved_checkpoint(args)
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
@@ -175,9 +195,10 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     datasets = build_datasets(
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
         num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
-        tokenizer=tokenizer)
+        tokenizer=tokenizer, sentence_end=sentence_end)
     log(f"layout {layout} on {state.device()}, {num_microbatches} micro-batches of "
-        f"{args.micro_batch_size} per rank per iteration; data {' '.join(data_path)}; "
+        f"{args.micro_batch_size} x {collator.length} tokens per rank per iteration, objective "
+        f"{args.objective}; data {' '.join(data_path)}; "
         f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
         f"{config.vocab_size})")
 
@@ -212,14 +233,15 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     if layout.pipeline > 1:
         pipeline = PipelineSchedule(list(model.chunks), num_microbatches, virtual,
                                     optimizer.scale_loss)
-    job = Job(args, config, model, grads, optimizer, scheduler, datasets, num_microbatches,
-              pipeline)
+    job = Job(args, config, model, grads, optimizer, scheduler, datasets, collator,
+              num_microbatches, pipeline)
     return job, progress
 
 
-def _loader(job: Job, dataset, consumed: int):
-    return build_data_loader(dataset, consumed, job.args.micro_batch_size, state.dp_rank(),
-                             state.dp_size(), num_workers=job.args.num_workers)
+def _loader(job: Job, split: int, consumed: int):
+    return build_data_loader(job.datasets[split], job.collator, consumed,
+                             job.args.micro_batch_size, state.dp_rank(), state.dp_size(),
+                             seed=job.args.seed, split=split, num_workers=job.args.num_workers)
 
 
 def _save(job: Job, progress: TrainingState):
@@ -232,11 +254,10 @@ def _save(job: Job, progress: TrainingState):
 
 
 def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
-    valid = job.datasets[1]
-    if valid is None or job.args.eval_iters == 0:
+    if job.datasets[1] is None or job.args.eval_iters == 0:
         return
-    # The same validation samples every time, so successive values are comparable.
-    loss = evaluate(job.model, iter(_loader(job, valid, 0)), job.args.eval_iters,
+    # The same validation samples (and masks) every time, so successive values are comparable.
+    loss = evaluate(job.model, iter(_loader(job, 1, 0)), job.args.eval_iters,
                     job.num_microbatches, job.pipeline)
     if state.is_rank_zero():
         logger.validation(progress.iteration, loss, progress.consumed_samples)
@@ -246,9 +267,10 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
     args = job.args
     writer = open_tensorboard(args.tensorboard_dir) if state.is_rank_zero() else None
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
-    batches = iter(_loader(job, job.datasets[0], progress.consumed_samples))
-    flops = model_flops_per_iteration(job.config, args.global_batch_size, args.seq_length)
-    tokens = args.global_batch_size * args.seq_length
+    batches = iter(_loader(job, 0, progress.consumed_samples))
+    # Counted over the rows the model runs: blank infilling's are longer than --seq-length.
+    flops = model_flops_per_iteration(job.config, args.global_batch_size, job.collator.length)
+    tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)

@@ -1,0 +1,79 @@
+"""Blank filling with a trained GLM in one process: GLM's own inference, greedy.
+
+Text holds blanks written as [MASK], [sMASK] or [gMASK]. Part A is the text with each blank as
+its mask token; the blanks are then filled one after another, as GLM generates: <sop>, then
+tokens until <eop>, every generated token at its blank's position id with block positions
+1, 2, ..., attending to all of Part A and causally to Part B. Each forward recomputes the
+whole row (no key/value cache): this is for checking and showing a model, not for serving.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+
+from .convert.checkpoint import CheckpointReader
+from .convert.errors import ConversionError
+from .data.tokenizer import GLMTokenizer
+from .model.builder import build_model
+
+BLANK = re.compile(r"\[(MASK|sMASK|gMASK)\]")
+
+
+def load_model(load_dir: str, iteration: Optional[int] = None) -> torch.nn.Module:
+    """A single-process GLMForCausalLM with the weights of a checkpoint saved at any layout.
+    Needs a parallel world of one (glm_megatron.parallel.state.initialize_parallel(1, 1))."""
+    reader = CheckpointReader(load_dir, iteration, flag="--load")
+    if reader.head.num_labels:
+        raise ConversionError(f"--load {load_dir} holds a sequence classifier; blank filling "
+                              "needs a language-model checkpoint")
+    model = build_model(reader.config, seed=0)
+    groups = ["pre", *range(reader.config.num_layers), "post"]
+    weights = reader.read([name for group in groups for name in reader.group_names(group)])
+    model.load_state_dict({**model.state_dict(), **weights})
+    return model.eval()
+
+
+def encode_blanks(tokenizer: GLMTokenizer, text: str) -> tuple[list[int], list[int]]:
+    """(Part A ids, positions of its blanks) for text with [MASK]/[sMASK]/[gMASK] blanks."""
+    ids, blanks, start = [], [], 0
+    mask_ids = {"MASK": tokenizer.mask, "sMASK": tokenizer.smask, "gMASK": tokenizer.gmask}
+    for match in BLANK.finditer(text):
+        ids += tokenizer.tokenize(text[start:match.start()]) if match.start() > start else []
+        blanks.append(len(ids))
+        ids.append(mask_ids[match.group(1)])
+        start = match.end()
+    ids += tokenizer.tokenize(text[start:]) if start < len(text) else []
+    if not blanks:
+        raise ValueError(f"{text!r} has no blank; write one as [MASK], [sMASK] or [gMASK]")
+    return ids, blanks
+
+
+@torch.no_grad()
+def fill_blanks(model: torch.nn.Module, tokenizer: GLMTokenizer, text: str,
+                max_span_tokens: int = 32) -> list[str]:
+    """The text of each blank of `text`, in order, as the model fills them greedily."""
+    part_a, blanks = encode_blanks(tokenizer, text)
+    sep = len(part_a)
+    device = next(model.parameters()).device
+    tokens, positions, block_positions = list(part_a), list(range(sep)), [0] * sep
+    spans = []
+    for blank in blanks:
+        span_start = len(tokens) + 1
+        tokens.append(tokenizer.sop)
+        positions.append(blank)
+        block_positions.append(1)
+        for _ in range(max_span_tokens):
+            ids = torch.tensor([tokens], device=device)
+            position_ids = torch.tensor([[positions, block_positions]], device=device)
+            logits = model.logits(ids, position_ids, torch.tensor([sep], device=device))
+            token = int(logits[-1, 0, :tokenizer.vocab_size].argmax())
+            if token == tokenizer.eop:
+                break
+            tokens.append(token)
+            positions.append(blank)
+            block_positions.append(block_positions[-1] + 1)
+        spans.append(tokenizer.detokenize(tokens[span_start:]))
+    return spans
