@@ -51,11 +51,18 @@ def encode_blanks(tokenizer: GLMTokenizer, text: str) -> tuple[list[int], list[i
     return ids, blanks
 
 
-@torch.no_grad()
 def fill_blanks(model: torch.nn.Module, tokenizer: GLMTokenizer, text: str,
                 max_span_tokens: int = 32) -> list[str]:
     """The text of each blank of `text`, in order, as the model fills them greedily."""
     part_a, blanks = encode_blanks(tokenizer, text)
+    spans = generate_spans(model, tokenizer, part_a, blanks, max_span_tokens)
+    return [tokenizer.detokenize(span) for span in spans]
+
+
+@torch.no_grad()
+def generate_spans(model: torch.nn.Module, tokenizer: GLMTokenizer, part_a: list[int],
+                   blanks: list[int], max_span_tokens: int = 32) -> list[list[int]]:
+    """Greedy ids for each blank of Part A (`blanks`: the positions of its mask tokens)."""
     sep = len(part_a)
     device = next(model.parameters()).device
     tokens, positions, block_positions = list(part_a), list(range(sep)), [0] * sep
@@ -75,5 +82,5 @@ def fill_blanks(model: torch.nn.Module, tokenizer: GLMTokenizer, text: str,
             tokens.append(token)
             positions.append(blank)
             block_positions.append(block_positions[-1] + 1)
-        spans.append(tokenizer.detokenize(tokens[span_start:]))
+        spans.append(tokens[span_start:])
     return spans
