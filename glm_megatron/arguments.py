@@ -130,7 +130,9 @@ def _data_args(parser: argparse.ArgumentParser):
                         "built-in corpus (Python's own documentation)")
     g.add_argument("--split", default="969,30,1", help="train,valid,test weights")
     g.add_argument("--tokenizer-model", help="SentencePiece model; default: the built-in one")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers per rank")
+    g.add_argument("--num-workers", type=int, default=2,
+                   help="DataLoader workers per rank; they read and collate the micro-batches "
+                        "(0: in the training process)")
 
 
 def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):

@@ -186,8 +186,11 @@ class MixedPrecisionAdamW:
             return
         dp_group = mpu.get_data_parallel_group()
         for bucket, shard in zip(self.grads.buckets, self.shards):
-            full = torch.empty(bucket.end - bucket.start, dtype=torch.float32, device=shard.device)
-            dist.all_gather_into_tensor(full, shard, group=dp_group)
+            # Gathered in the model's dtype: half the bytes of the fp32 masters under bf16/fp16,
+            # and the same rounding as copying the masters in.
+            dtype = bucket.params[0].dtype
+            full = torch.empty(bucket.end - bucket.start, dtype=dtype, device=shard.device)
+            dist.all_gather_into_tensor(full, shard.to(dtype), group=dp_group)
             for p in bucket.params:
                 begin = self.grads.offsets[p] - bucket.start
                 p.copy_(full[begin:begin + p.numel()].view_as(p))
