@@ -11,6 +11,10 @@ fine while it stays well under 1.
 
     python benchmarks/bench_collator.py                      # seq 512, micro-batch 8 (~20 s)
     python benchmarks/bench_collator.py --step-seconds 0.8 --microbatches-per-step 4
+
+The last line times the whole input path of a blank-infilling run on the built-in corpus, as
+pretrain_glm.py builds it with --num-workers 0: reading samples from the indexed dataset
+(megatron-core's GPTDataset), aligning them to sentence starts, and collating.
 """
 
 from __future__ import annotations
@@ -51,6 +55,32 @@ def synthetic_samples(rng, count: int, length: int, vocab: int, special: Special
     stream[ends] = rng.choice(end_ids, int(ends.sum()))
     stream[np.cumsum(doc_lengths + 1) - 1] = special.eod
     return [stream[i * length:(i + 1) * length + 1] for i in range(count)]
+
+
+def time_builtin_loader(args) -> float:
+    """Seconds per micro-batch of the real blank-infilling input path (see the docstring)."""
+    from glm_megatron.data.builtin import ensure_builtin_data
+    from glm_megatron.data.datasets import build_datasets
+    from glm_megatron.data.sampler import build_data_loader
+    from glm_megatron.data.tokenizer import GLMTokenizer
+    from glm_megatron.objectives import sentence_end_table
+
+    prefix, model = ensure_builtin_data()
+    tokenizer = GLMTokenizer(model)
+    table = sentence_end_table(tokenizer.pieces(), tokenizer.vocab_size)
+    count = 200
+    samples = build_datasets([prefix], "969,30,1", args.seq_length, 1234,
+                             ((count + 8) * args.micro_batch_size, 0, 0), tokenizer,
+                             sentence_end=table)[0]
+    collate = build_collator("blank-infilling", BlankInfillingConfig(),
+                             SpecialTokenIds.from_tokenizer(tokenizer), table, args.seq_length)
+    batches = iter(build_data_loader(samples, collate, 0, args.micro_batch_size, 0, 1, seed=1))
+    for _ in range(8):  # warm up
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(count):
+        next(batches)
+    return (time.perf_counter() - start) / count
 
 
 def main(argv=None):
@@ -103,6 +133,12 @@ def main(argv=None):
                 max(args.num_workers, 1) * args.step_seconds)
             line += f" {100 * share:9.2f}%"
         print(line, flush=True)
+    elapsed = time_builtin_loader(args)
+    line = (f"{'built-in corpus, read + align + GLM mix':32s} {'':5s} {'':6s} "
+            f"{1e3 * elapsed:7.2f} {tokens_in / elapsed:11,.0f}")
+    if args.step_seconds:
+        line += f" {100 * args.microbatches_per_step * elapsed / args.step_seconds:9.2f}%"
+    print(line, flush=True)
     if args.step_seconds:
         where = ("added to each step (collation in the training process)"
                  if args.num_workers == 0 else

@@ -32,7 +32,6 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from glm_megatron.data.builtin import ensure_builtin_data  # noqa: E402
 from glm_megatron.data.builtin_corpus import iter_builtin_documents  # noqa: E402
 from glm_megatron.data.preprocess import preprocess  # noqa: E402
 
@@ -66,6 +65,10 @@ def main(argv=None):
     parser.add_argument("--append-results", metavar="MD",
                         help="append a 'Preprocessing' section with the table to this file")
     args = parser.parse_args(argv)
+
+    # Imported here, not at the top: the spawned workers re-import this module, and the built-in
+    # data module brings torch and megatron-core (seconds of start-up that the tool never pays).
+    from glm_megatron.data.builtin import ensure_builtin_data
 
     _, model = ensure_builtin_data()
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as tmp:
