@@ -24,7 +24,7 @@ from .indexed import write_indexed_dataset
 from .tokenizer import GLMTokenizer, train_sentencepiece
 
 # ~1.7 MB of text: 8000 pieces keep the embedding small for the default CPU model while the
-# corpus still gives ~450k tokens. Training takes a few seconds.
+# corpus still gives ~430k tokens. Training takes a few seconds.
 SENTENCEPIECE_VOCAB_SIZE = 8000
 # The documents are shuffled once, with this seed, before the indexed dataset is written:
 # megatron-core splits train/valid/test by contiguous document ranges, and in corpus order the
