@@ -102,6 +102,11 @@ def _optimizer_args(parser: argparse.ArgumentParser):
     g.add_argument("--adam-beta2", type=float, default=0.95)
     g.add_argument("--adam-eps", type=float, default=1e-8)
     g.add_argument("--clip-grad", type=float, default=1.0, help="0 disables clipping")
+    g.add_argument("--override-opt_param-scheduler", action="store_true",
+                   help="on --load, take the learning-rate schedule from these flags")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
+                   help="on --load, keep the checkpoint's learning-rate schedule; without either "
+                        "flag a schedule that differs from the checkpoint's is an error")
 
 
 def _parallel_args(parser: argparse.ArgumentParser):
@@ -167,6 +172,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
+                          "are exclusive; pick one")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_iters is None:

@@ -97,6 +97,24 @@ def test_load_from_empty_directory_starts_fresh(tmp_path):
     assert "no checkpoint found" in result.stdout
 
 
+def test_changed_schedule_on_resume_needs_a_choice(tmp_path):
+    """As Megatron-LM: resuming with another schedule is an error until a flag says which one
+    to use, never a silent choice."""
+    save = str(tmp_path / "ckpt")
+    first = run_pretrain(QUICK + ["--train-iters", "2", "--save", save])
+    assert first.returncode == 0, first.stderr
+    longer = run_pretrain(QUICK + ["--train-iters", "4", "--load", save, "--save", save])
+    assert longer.returncode == 2
+    errors = [line for line in longer.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "total number of iterations: flags 4, checkpoint 2" in errors[0]
+    assert "--override-opt_param-scheduler" in errors[0]
+    assert not os.path.exists(os.path.join(save, "iter_0000004"))
+    override = run_pretrain(QUICK + ["--train-iters", "4", "--load", save, "--save", save,
+                                     "--override-opt_param-scheduler"])
+    assert override.returncode == 0, override.stderr
+    assert "at iteration 2" in override.stdout and len(_losses(override.stdout)) == 2
+
+
 BAD_INPUTS = [
     ("tp-does-not-divide-world", ["--tensor-model-parallel-size", "2"], 1,
      "world size 1 is not divisible"),

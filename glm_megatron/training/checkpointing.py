@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from typing import Optional
@@ -147,6 +148,22 @@ def read_metadata(root: str) -> Optional[dict]:
         return json.load(f)
 
 
+def _load_scheduler(root: str, scheduler, saved: dict):
+    """megatron-core asserts when a schedule value differs from the checkpoint's (unless told
+    which to use): turn that into Megatron-LM's choice of flags, in one line."""
+    try:
+        scheduler.load_state_dict(saved)
+    except AssertionError as error:
+        found = re.search(r"class input value (\S+) and checkpoint\s*value (\S+) for (.+) do not "
+                          r"match", str(error))
+        what = (f"{found.group(3)}: flags {found.group(1)}, checkpoint {found.group(2)}"
+                if found else str(error))
+        raise CheckpointError(
+            f"--load {root}: the learning-rate schedule differs from the checkpoint's ({what}); "
+            "pass the flags it was trained with, --override-opt_param-scheduler to use these "
+            "flags' schedule, or --use-checkpoint-opt_param-scheduler to keep its own") from None
+
+
 def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool = True,
                     load_rng: bool = True, finetune: bool = False) -> TrainingState:
     metadata = read_metadata(root)
@@ -174,7 +191,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool 
         optimizer.load_state_dict([torch.load(os.path.join(rank_dir, f), weights_only=False)
                                    for f in files])
     if scheduler is not None and shard["opt_param_scheduler"] is not None:
-        scheduler.load_state_dict(shard["opt_param_scheduler"])
+        _load_scheduler(root, scheduler, shard["opt_param_scheduler"])
     rng_file = os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt")
     if load_rng and os.path.isfile(rng_file):
         prandom.load_rng_state_dict(torch.load(rng_file, weights_only=False))
