@@ -7,6 +7,7 @@ Every check that can fail on user input runs before anything is written to --sav
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 from dataclasses import dataclass
@@ -172,6 +173,7 @@ class Job:
     collator: object  # (samples, rng) -> batch of static length collator.length
     num_microbatches: int
     pipeline: PipelineSchedule | None
+    validation_batches: list | None = None  # made at the first evaluation, reused after
 
 
 def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
@@ -258,8 +260,12 @@ def _save(job: Job, progress: TrainingState):
 def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
     if job.datasets[1] is None or job.args.eval_iters == 0:
         return
-    # The same validation samples (and masks) every time, so successive values are comparable.
-    loss = evaluate(job.model, iter(_loader(job, 1, 0)), job.args.eval_iters,
+    # The same validation samples (and masks) every time, so successive values are comparable:
+    # read and collated once.
+    if job.validation_batches is None:
+        count = job.args.eval_iters * job.num_microbatches
+        job.validation_batches = list(itertools.islice(_loader(job, 1, 0), count))
+    loss = evaluate(job.model, iter(job.validation_batches), job.args.eval_iters,
                     job.num_microbatches, job.pipeline)
     if state.is_rank_zero():
         logger.validation(progress.iteration, loss, progress.consumed_samples)
