@@ -10,10 +10,10 @@ indices first and the other ranks load them from the cache (a folder beside the 
 Each sample is an int64 numpy array of seq_length + 1 tokens (the inputs and, one further, the
 last causal label); the objective's collator (glm_megatron.objectives) turns micro-batches of
 them into model batches. With a sentence-end table (GLM's objectives) a sample that starts
-inside a sentence drops that fragment, as GLM's crops start at sentence starts: the first
-sentence end or end-of-document within the first half of the sample, the sample shifted left
-and padded with the pad id. megatron-core does not say where the previous sample ended, so
-every sample counts as starting inside a sentence.
+inside a sentence (the token before it, in its document, does not end one) drops that
+fragment, as GLM's crops start at sentence starts: up to the first sentence end or
+end-of-document within the first half of the sample, the sample shifted left and padded with
+the pad id.
 
 Input problems that megatron-core reports badly (asserts, or a split with no tokens, on which
 GPTDataset loops forever) are checked first and raised as DataError naming the flag.
@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import numpy
 import torch
+from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import DType
@@ -176,7 +177,25 @@ class TokenSamples(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> numpy.ndarray:
         sample = self.dataset[index]
         tokens = numpy.concatenate([sample["tokens"].numpy(), sample["labels"][-1:].numpy()])
-        return tokens if self.sentence_end is None else self._from_sentence_start(tokens)
+        if self.sentence_end is None:
+            return tokens
+        previous = self._previous_token(index)
+        if previous is None or previous == self.eod or self.sentence_end[previous]:
+            return tokens  # already at a sentence start
+        return self._from_sentence_start(tokens)
+
+    def _previous_token(self, index: int) -> Optional[int]:
+        """The token before sample `index` in its document (None at a document start), from
+        megatron-core's sample indices (loaded by the dataset's first __getitem__)."""
+        dataset = self.dataset
+        if isinstance(dataset, BlendedDataset):
+            dataset, index = (dataset.datasets[dataset.dataset_index[index]],
+                              dataset.dataset_sample_index[index])
+        document, offset = dataset.sample_index[dataset.shuffle_index[index]]
+        if offset == 0:
+            return None
+        return int(dataset.dataset.get(dataset.document_index[document], offset=int(offset) - 1,
+                                       length=1)[0])
 
     def _from_sentence_start(self, tokens: numpy.ndarray) -> numpy.ndarray:
         head = tokens[:len(tokens) // 2]
