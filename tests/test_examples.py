@@ -27,3 +27,16 @@ def test_blank_infilling_recipe_from_raw_text(tmp_path):
     assert "objective blank-infilling" in result.stdout
     assert re.search(r"validation loss at iteration 4 \| lm loss value", result.stdout)
     assert "blank 1:" in result.stdout
+
+
+def test_glm10b_3d_layout_with_a_tiny_preset(tmp_path):
+    """TP 2 x PP 2 x DP 2 with the distributed optimizer, sequence parallelism and full
+    recomputation, as the README's one-machine command runs it (8 gloo processes)."""
+    result = _run_example("pretrain_glm10b_3d.sh",
+                          {"PRESET": "glm-tiny", "TP": "2", "PP": "2", "NPROC": "8",
+                           "SEQ_LENGTH": "128", "TRAIN_ITERS": "2", "GLOBAL_BATCH": "8",
+                           "RUN_DIR": str(tmp_path / "run")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "layout TP=2 x PP=2 x DP=2" in result.stdout
+    assert re.search(r"iteration\s+2/\s+2 \|", result.stdout)
+    assert (tmp_path / "run" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()
