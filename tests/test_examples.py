@@ -40,3 +40,11 @@ def test_glm10b_3d_layout_with_a_tiny_preset(tmp_path):
     assert "layout TP=2 x PP=2 x DP=2" in result.stdout
     assert re.search(r"iteration\s+2/\s+2 \|", result.stdout)
     assert (tmp_path / "run" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()
+
+
+def test_tp2_dp2(tmp_path):
+    result = _run_example("pretrain_tp2_dp2.sh",
+                          {"TRAIN_ITERS": "2", "RUN_DIR": str(tmp_path / "run")}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "layout TP=2 x PP=1 x DP=2" in result.stdout
+    assert re.search(r"iteration\s+2/\s+2 \|", result.stdout)
