@@ -256,6 +256,14 @@ def test_layout_flags_are_checked(tmp_path):
     assert_refused(result, "--hf-layout glm", "glm-10b")
     assert_nothing_written(tmp_path, target)
 
+    # GLM-4's architecture with block positions (blank infilling): no layout, and why.
+    blank = str(tmp_path / "blank")
+    write_checkpoint(blank, tiny_config("chatglm3-tiny", block_position_encoding=True))
+    result = run_tool("convert.py", "--direction", "megatron-to-hf", "--load-dir", blank,
+                      "--save-dir", target)
+    assert_refused(result, "no Hugging Face layout holds this model", "--no-block-position")
+    assert_nothing_written(tmp_path, target)
+
 
 # Resharding -----------------------------------------------------------------------------------
 def test_reshard_joins_distributed_optimizer_shards(tmp_path):

@@ -13,7 +13,7 @@ our configurations each layout can hold.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -533,11 +533,23 @@ def default_layout(cfg: GLMConfig, head: Head) -> Layout:
 
 def check_supported(layout: Layout, cfg: GLMConfig, head: Head):
     problems = layout.unsupported(cfg, head)
-    if problems:
+    if not problems:
+        return
+    default = default_layout(cfg, head)
+    if layout is not default:
         raise ConversionError(
             f"--hf-layout {layout.name} cannot hold this model ({'; '.join(problems)}); "
-            f"leave --hf-layout out to use {default_layout(cfg, head).name}, the layout of "
-            "its generation")
+            f"leave --hf-layout out to use {default.name}, the layout of its generation")
+    native = LAYOUTS["glm4" if cfg.post_sublayer_norms else "glm"]
+    if cfg.block_position_encoding and not native.unsupported(
+            replace(cfg, block_position_encoding=False), head):
+        raise ConversionError(
+            "no Hugging Face layout holds this model: it is the ChatGLM2/3 / GLM-4 architecture "
+            "with GLM's block positions on the rotary dims (--objective blank-infilling), which "
+            f"transformers' {native.name} has no place for; pretrain with --no-block-position "
+            "to export it natively")
+    raise ConversionError(f"no Hugging Face layout holds this model: {layout.name}, the layout "
+                          f"of its generation, cannot ({'; '.join(problems)})")
 
 
 def detect_layout(hf_config: dict, path: str) -> Layout:
