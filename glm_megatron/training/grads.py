@@ -70,6 +70,9 @@ class GradientBuffer:
             param.main_grad = self.buffer[start:start + param.numel()].view_as(param)
         self._bucket_of = {p: b for b in self.buckets for p in b.params}
         self.expected_per_param = 0  # set by start(); 0 = no overlap
+        # Parameters whose gradient has not arrived yet this iteration: the first one is copied
+        # in (no zeroing pass over the buffer, no mixed-dtype add), the rest added.
+        self._unwritten = set(self.params)
         for param in self.params:
             param.register_post_accumulate_grad_hook(self._accumulate)
 
@@ -100,7 +103,11 @@ class GradientBuffer:
         return dist.all_reduce(data, group=self.dp_group, async_op=async_op)
 
     def _accumulate(self, param: torch.nn.Parameter):
-        param.main_grad.add_(param.grad)
+        if param in self._unwritten:
+            param.main_grad.copy_(param.grad)
+            self._unwritten.discard(param)
+        else:
+            param.main_grad.add_(param.grad)
         param.grad = None
         bucket = self._bucket_of[param]
         if self.expected_per_param and self.dp_size > 1 and not bucket.deferred:
@@ -109,15 +116,23 @@ class GradientBuffer:
                 bucket.handle = self._launch(bucket, async_op=True)
 
     def start(self, num_microbatches: int):
-        """Zero the gradients for an iteration of `num_microbatches` backward passes."""
-        self.buffer.zero_()
+        """Begin an iteration of `num_microbatches` backward passes (gradients start at zero)."""
+        self._unwritten = set(self.params)
         self.expected_per_param = num_microbatches
         for bucket in self.buckets:
             bucket.ready, bucket.handle, bucket.scattered = 0, None, None
 
+    def zero_unwritten(self):
+        """Zero the gradients of parameters that got none this iteration (their buckets have
+        not been launched: a bucket launches only once all its gradients are in)."""
+        for param in self._unwritten:
+            param.main_grad.zero_()
+        self._unwritten.clear()
+
     def finish_reduction(self):
         """Wait for (or run) every bucket's reduction and average over data-parallel ranks.
         Afterwards the owned range of each bucket holds the DP-averaged gradient."""
+        self.zero_unwritten()
         self.expected_per_param = 0
         if self.dp_size == 1:
             return

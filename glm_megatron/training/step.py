@@ -44,6 +44,7 @@ def _mean_over_data_parallel(value: Optional[torch.Tensor]) -> float:
 def finalize_grads(model: ModelChunks, grads: GradientBuffer):
     """Cross-stage sums first (their bucket waits for them), then the DP reduction, then the
     sequence-parallel sums over TP (identical on every DP slice)."""
+    grads.zero_unwritten()
     if state.pp_size() > 1:
         copies = model.tied_embedding_copies()
         if copies:
