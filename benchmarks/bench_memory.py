@@ -63,13 +63,11 @@ import json
 import os
 import platform
 import resource
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Optional
@@ -78,6 +76,10 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from glm_megatron.parallel.state import free_port  # noqa: E402
+from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
+                     print_table)
 
 WORLD_SIZE = 2  # data-parallel ranks: the distributed optimizer needs DP > 1 to shard
 MIB = 2.0 ** 20
@@ -170,20 +172,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_config(args):
-    """A ChatGLM3/GLM-4-architecture model (RMSNorm, SwiGLU, GQA, partial RoPE, QKV bias,
-    untied output layer), no dropout."""
-    from glm_megatron.config import GLMConfig
-    from glm_megatron.presets import PRESETS
-
-    values = dict(PRESETS["chatglm3-tiny"])
-    values.update(num_layers=args.num_layers, hidden_size=args.hidden_size,
-                  num_attention_heads=args.num_attention_heads,
-                  num_query_groups=args.num_query_groups, ffn_hidden_size=args.ffn_hidden_size,
-                  kv_channels=args.hidden_size // args.num_attention_heads,
-                  vocab_size=args.vocab_size, max_position_embeddings=args.seq_length,
-                  rotary_base=10000.0, hidden_dropout=0.0, attention_dropout=0.0)
-    return GLMConfig(**values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +346,7 @@ def run_variant(args, variant: Variant, dtype_name: str, out_dir: str):
     rank = dist.get_rank()
     set_random_seed(args.seed)
     rss_imported = current_rss()
-    model = build_model_chunks(model_config(args), args.seed, params_dtype=DTYPES[dtype_name],
+    model = build_model_chunks(chatglm3_style_config(args, args.vocab_size), args.seed, params_dtype=DTYPES[dtype_name],
                                options=ExecutionOptions(False, *variant.recompute))
     grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
                            shard_over_dp=variant.distributed_optimizer)
@@ -392,23 +380,12 @@ def run_variant(args, variant: Variant, dtype_name: str, out_dir: str):
 # Launching fresh processes per variant
 # --------------------------------------------------------------------------------------------
 
-def load_average() -> str:
-    """1-minute load average: other work on the machine while this runs."""
-    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(rank: int, world_size: int, port: int, args, variant, dtype_name, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      OMP_NUM_THREADS=str(args.threads))
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    become_rank(rank, world_size, port, args.threads)
     run_variant(args, variant, dtype_name, out_dir)
 
 
@@ -459,7 +436,7 @@ TRANSIENT_STATE = "reduce-scatter outputs"
 def launch(args, variant: Variant, dtype_name: str) -> list[dict]:
     """One round of one variant in a fresh pair of processes: each rank's record."""
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as out_dir:
-        mp.start_processes(_entry, args=(WORLD_SIZE, _free_port(), args, variant, dtype_name,
+        mp.start_processes(_entry, args=(WORLD_SIZE, free_port(), args, variant, dtype_name,
                                          out_dir),
                            nprocs=WORLD_SIZE, join=True, start_method="spawn")
         ranks = []
@@ -503,17 +480,8 @@ def summarise(variant: Variant, dtype_name: str, rounds: list[list[dict]]) -> Va
 # --------------------------------------------------------------------------------------------
 
 def machine_line(args) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, {WORLD_SIZE} ranks x "
-            f"{args.threads} thread(s), Python {platform.python_version()}")
+    return (f"{cpus()}, torch {torch.__version__}, {WORLD_SIZE} ranks x {args.threads} "
+            f"thread(s), Python {platform.python_version()}")
 
 
 def _ratio(value: float, base: float) -> str:
@@ -578,13 +546,6 @@ def tables(results: list[VariantResult]) -> list[tuple[str, list[str], list[list
     return out
 
 
-def print_table(header: list[str], rows: list[list[str]]):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
 def describe(args, config) -> str:
@@ -615,7 +576,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.mmap_threshold_kib > 0:  # read by glibc when each spawned rank starts
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold_kib * 1024)
-    config = model_config(args)
+    config = chatglm3_style_config(args, args.vocab_size)
     machine = machine_line(args)
     print(f"Machine: {machine}")
     print(describe(args, config), flush=True)

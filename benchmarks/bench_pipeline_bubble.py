@@ -50,17 +50,19 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 
 import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from glm_megatron.parallel.state import free_port  # noqa: E402
+from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
+                     print_table)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -126,20 +128,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_config(args):
-    """A ChatGLM3/GLM-4-architecture model (RMSNorm, SwiGLU, GQA, partial RoPE, QKV bias,
-    untied output layer), no dropout."""
-    from glm_megatron.config import GLMConfig
-    from glm_megatron.presets import PRESETS
-
-    values = dict(PRESETS["chatglm3-tiny"])
-    values.update(num_layers=args.num_layers, hidden_size=args.hidden_size,
-                  num_attention_heads=args.num_attention_heads,
-                  num_query_groups=args.num_query_groups, ffn_hidden_size=args.ffn_hidden_size,
-                  kv_channels=args.hidden_size // args.num_attention_heads,
-                  vocab_size=args.vocab_size, max_position_embeddings=args.seq_length,
-                  rotary_base=10000.0, hidden_dropout=0.0, attention_dropout=0.0)
-    return GLMConfig(**values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +183,7 @@ def run_pipeline(args, pp: int, out_dir: str):
 
     state.initialize_parallel(1, pp, "cpu")
     set_random_seed(args.seed)
-    model = build_model_chunks(model_config(args), args.seed, params_dtype=DTYPES[args.dtype])
+    model = build_model_chunks(chatglm3_style_config(args, args.vocab_size), args.seed, params_dtype=DTYPES[args.dtype])
     grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
                            deferred_params=tuple(model.tied_embedding_copies()))
     optimizer = MixedPrecisionAdamW(model, grads, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95),
@@ -226,30 +214,19 @@ def run_pipeline(args, pp: int, out_dir: str):
     state.shutdown()
 
 
-def load_average() -> str:
-    """1-minute load average: other work on the machine while this runs."""
-    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _entry(rank: int, world_size: int, port: int, args, out_dir: str):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      OMP_NUM_THREADS=str(max(1, (os.cpu_count() or world_size) // world_size)))
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    become_rank(rank, world_size, port, max(1, (os.cpu_count() or world_size) // world_size))
     run_pipeline(args, world_size, out_dir)
 
 
 def launch(args, pp: int) -> list[dict]:
     """Per stage: {"results": {m: [per timed step {"wall", "ops"}]}}."""
     with tempfile.TemporaryDirectory(prefix="bench_bubble_") as out_dir:
-        mp.start_processes(_entry, args=(pp, _free_port(), args, out_dir), nprocs=pp,
+        mp.start_processes(_entry, args=(pp, free_port(), args, out_dir), nprocs=pp,
                            join=True, start_method="spawn")
         stages = []
         for s in range(pp):
@@ -335,17 +312,8 @@ def analyse(pp: int, stages: list[dict], cpus: int) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 def machine_line() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__}, max(1, CPUs // P) "
-            f"torch threads per stage process, Python {platform.python_version()}")
+    return (f"{cpus()}, torch {torch.__version__}, max(1, CPUs // P) torch threads per stage "
+            f"process, Python {platform.python_version()}")
 
 
 def _pct(value) -> str:
@@ -383,13 +351,6 @@ def notes(all_rows: list[dict]) -> list[str]:
     return lines
 
 
-def print_table(header: list[str], rows: list[list[str]]):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
 def describe(args, config) -> str:
@@ -403,7 +364,7 @@ def describe(args, config) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = model_config(args)
+    config = chatglm3_style_config(args, args.vocab_size)
     machine = machine_line()
     cpus = os.cpu_count() or 1
     print(f"Machine: {machine}")

@@ -23,7 +23,6 @@ import argparse
 import gc
 import inspect
 import math
-import os
 import platform
 import statistics
 import sys
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from harness import chatglm3_style_config, cpus, print_table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 HF_BF16_MODES = ("autocast", "pure")
@@ -97,18 +98,6 @@ def _choices(text: str, allowed, flag: str) -> list[str]:
     return values
 
 
-def glm_config(args):
-    from glm_megatron.config import GLMConfig
-    from glm_megatron.presets import PRESETS
-
-    values = dict(PRESETS["chatglm3-tiny"])
-    values.update(num_layers=args.num_layers, hidden_size=args.hidden_size,
-                  num_attention_heads=args.num_attention_heads,
-                  num_query_groups=args.num_query_groups, ffn_hidden_size=args.ffn_hidden_size,
-                  kv_channels=args.hidden_size // args.num_attention_heads,
-                  max_position_embeddings=args.seq_length, vocab_size=args.padded_vocab_size,
-                  rotary_base=10000.0, hidden_dropout=0.0, attention_dropout=0.0)
-    return GLMConfig(**values)
 
 
 def hf_config(config, args):
@@ -300,19 +289,9 @@ def make_transformers_step(config, args, dtype: torch.dtype, sequences: list[tor
 # --------------------------------------------------------------------------------------------
 
 def machine_line() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import transformers
-    return (f"{os.cpu_count()} CPUs ({cpu}), torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads, transformers {transformers.__version__}, "
-            f"Python {platform.python_version()}")
+    return (f"{cpus()}, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+            f"transformers {transformers.__version__}, Python {platform.python_version()}")
 
 
 def ratios(results: list[Result], dtype: str, best: bool = False) -> list[tuple[str, float]]:
@@ -348,13 +327,6 @@ def table_rows(results: list[Result], rates: dict[str, float]) -> tuple[list[str
     return header, rows
 
 
-def print_table(header: list[str], rows: list[list[str]]):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
 def summary_lines(results: list[Result], dtypes: list[str]) -> list[str]:
@@ -399,7 +371,7 @@ def main(argv=None) -> int:
     from glm_megatron.parallel import state
     from glm_megatron.training.metrics import model_flops_per_iteration
 
-    config = glm_config(args)
+    config = chatglm3_style_config(args, args.padded_vocab_size)
     machine = machine_line()
     b, s = args.micro_batch_size, args.seq_length
     flops = model_flops_per_iteration(config, b, s)

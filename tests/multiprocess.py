@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch.multiprocessing as mp
 
+from glm_megatron.parallel.state import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 def _entry(rank: int, world_size: int, port: int, fn, args):
@@ -22,5 +19,5 @@ def _entry(rank: int, world_size: int, port: int, fn, args):
 
 def run_distributed(fn, world_size: int, *args):
     """Call fn(*args) on every rank; raises if any rank fails. fn must be importable."""
-    mp.start_processes(_entry, args=(world_size, _free_port(), fn, args), nprocs=world_size,
+    mp.start_processes(_entry, args=(world_size, free_port(), fn, args), nprocs=world_size,
                        join=True, start_method="spawn")

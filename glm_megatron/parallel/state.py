@@ -35,7 +35,8 @@ def device() -> torch.device:
     return _DEVICE if _DEVICE is not None else torch.device("cpu")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -79,7 +80,7 @@ def initialize_parallel(tensor: int = 1, pipeline: int = 1, device_name: str = "
         if "WORLD_SIZE" in os.environ:  # launched by torchrun (or an equivalent launcher)
             dist.init_process_group(backend=backend, timeout=timeout)
         else:  # a world of one on a private port; the environment is left untouched
-            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+            dist.init_process_group(backend=backend, init_method=f"tcp://127.0.0.1:{free_port()}",
                                     rank=0, world_size=1, timeout=timeout)
     mpu.initialize_model_parallel(tensor_model_parallel_size=tensor,
                                   pipeline_model_parallel_size=pipeline,

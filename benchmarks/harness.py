@@ -1,0 +1,60 @@
+"""What the benchmarks share: the model they time, the machine line, tables, spawned ranks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+
+
+def chatglm3_style_config(args, vocab_size: int):
+    """A ChatGLM3/GLM-4-architecture model (RMSNorm, SwiGLU, GQA, partial RoPE, QKV bias,
+    untied output layer) of the sizes in `args`, no dropout."""
+    from glm_megatron.config import GLMConfig
+    from glm_megatron.presets import PRESETS
+
+    values = dict(PRESETS["chatglm3-tiny"])
+    values.update(num_layers=args.num_layers, hidden_size=args.hidden_size,
+                  num_attention_heads=args.num_attention_heads,
+                  num_query_groups=args.num_query_groups, ffn_hidden_size=args.ffn_hidden_size,
+                  kv_channels=args.hidden_size // args.num_attention_heads,
+                  vocab_size=vocab_size, max_position_embeddings=args.seq_length,
+                  rotary_base=10000.0, hidden_dropout=0.0, attention_dropout=0.0)
+    return GLMConfig(**values)
+
+
+def cpus() -> str:
+    """'N CPUs (model name)', for the machine line of a result."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu})"
+
+
+def load_average() -> str:
+    """1-minute load average: other work on the machine while this runs."""
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+
+
+def print_table(header: list[str], rows: list[list[str]]):
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def become_rank(rank: int, world_size: int, port: int, threads: int):
+    """In a spawned process: the torchrun-style environment of `rank`, and quiet imports."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      OMP_NUM_THREADS=str(threads))
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
