@@ -10,28 +10,27 @@ whole row (no key/value cache): this is for checking and showing a model, not fo
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import torch
 
 from .convert.checkpoint import CheckpointReader
 from .convert.errors import ConversionError
+from .convert.mapping import groups
 from .data.tokenizer import GLMTokenizer
 from .model.builder import build_model
 
 BLANK = re.compile(r"\[(MASK|sMASK|gMASK)\]")
 
 
-def load_model(load_dir: str, iteration: Optional[int] = None) -> torch.nn.Module:
+def load_model(reader: CheckpointReader) -> torch.nn.Module:
     """A single-process GLMForCausalLM with the weights of a checkpoint saved at any layout.
     Needs a parallel world of one (glm_megatron.parallel.state.initialize_parallel(1, 1))."""
-    reader = CheckpointReader(load_dir, iteration, flag="--load")
     if reader.head.num_labels:
-        raise ConversionError(f"--load {load_dir} holds a sequence classifier; blank filling "
+        raise ConversionError(f"--load {reader.root} holds a sequence classifier; blank filling "
                               "needs a language-model checkpoint")
     model = build_model(reader.config, seed=0)
-    groups = ["pre", *range(reader.config.num_layers), "post"]
-    weights = reader.read([name for group in groups for name in reader.group_names(group)])
+    weights = reader.read([name for group in groups(reader.config)
+                           for name in reader.group_names(group)])
     model.load_state_dict({**model.state_dict(), **weights})
     return model.eval()
 

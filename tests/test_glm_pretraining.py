@@ -14,6 +14,7 @@ import sentencepiece as spm
 import torch
 
 from cli import QUICK, ROOT, run_pretrain
+from glm_megatron.convert.checkpoint import CheckpointReader
 from glm_megatron.data.builtin import ensure_builtin_data
 from glm_megatron.data.builtin_corpus import iter_builtin_documents
 from glm_megatron.data.datasets import build_datasets
@@ -167,7 +168,7 @@ def test_blank_infilling_learns_and_fills_blanks(tmp_path, single_process_world)
     assert validation[-1] < validation[0] - 3.0
 
     tokenizer = GLMTokenizer(ensure_builtin_data()[1])
-    model = load_model(save)
+    model = load_model(CheckpointReader(save))
     passages = _held_out_passages(32)
     collator = build_collator("blank-infilling", BlankInfillingConfig(bert_prob=1.0,
                                                                       bert_mask_ratio=0.3),

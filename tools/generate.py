@@ -35,9 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tokenizer(args, load_dir: str, iteration) -> GLMTokenizer:
-    path = args.tokenizer_model or (CheckpointReader(load_dir, iteration, flag="--load")
-                                    .metadata.get("args") or {}).get("tokenizer_model")
+def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
+    path = args.tokenizer_model or (reader.metadata.get("args") or {}).get("tokenizer_model")
     if not path or not os.path.isfile(path):
         raise ConversionError(f"--tokenizer-model: the run's tokenizer {path!r} is not there; "
                               "give the SentencePiece .model it trained with")
@@ -51,8 +50,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     state.initialize_parallel(1, 1, "auto")
     try:
-        tokenizer = _tokenizer(args, args.load, args.iteration)
-        model = load_model(args.load, args.iteration)
+        reader = CheckpointReader(args.load, args.iteration, flag="--load")
+        tokenizer = _tokenizer(args, reader)
+        model = load_model(reader)
         for text in args.text:
             spans = fill_blanks(model, tokenizer, text, args.max_span_tokens)
             print(text)
