@@ -77,7 +77,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from glm_megatron.parallel.state import free_port  # noqa: E402
+from glm_megatron.parallel.context import free_port  # noqa: E402
 from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
                      print_table)
 
@@ -331,34 +331,31 @@ def run_variant(args, variant: Variant, dtype_name: str, out_dir: str):
     """One rank of one variant: build, warm up (counting activations), time, record."""
     torch.set_num_threads(args.threads)
     rss_start = current_rss()
-    import torch.distributed as dist
-    from megatron.core import parallel_state as mpu
-
     from glm_megatron.model.builder import build_model_chunks
     from glm_megatron.model.options import ExecutionOptions
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.random import set_random_seed
-    from glm_megatron.training.grads import GradientBuffer
-    from glm_megatron.training.optimizer import MixedPrecisionAdamW
-    from glm_megatron.training.step import train_step
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+    from glm_megatron.parallel.random import seed_all
+    from glm_megatron.training.losses import language_model_loss
+    from glm_megatron.training.trainer import Trainer
 
-    state.initialize_parallel(1, 1, "cpu")
-    rank = dist.get_rank()
-    set_random_seed(args.seed)
+    ctx = initialize_distributed(1, 1, "cpu")
+    rank = ctx.rank
+    seed_all(ctx, args.seed)
     rss_imported = current_rss()
-    model = build_model_chunks(chatglm3_style_config(args, args.vocab_size), args.seed, params_dtype=DTYPES[dtype_name],
+    model = build_model_chunks(chatglm3_style_config(args, args.vocab_size), ctx, args.seed,
+                               params_dtype=DTYPES[dtype_name],
                                options=ExecutionOptions(False, *variant.recompute))
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
-                           shard_over_dp=variant.distributed_optimizer)
-    optimizer = MixedPrecisionAdamW(model, grads, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95),
-                                    eps=1e-8, clip_grad=1.0)
-    rss_built = current_rss()
     m = args.num_micro_batches
+    trainer = Trainer(model, ctx, num_microbatches=m, loss_fn=language_model_loss, lr=1e-4,
+                      weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, clip_grad=1.0,
+                      distributed_optimizer=variant.distributed_optimizer)
+    grads, optimizer = trainer.grads, trainer.optimizer
+    rss_built = current_rss()
     total_steps = args.warmup + args.steps
-    batches = synthetic_batches(args, state.dp_rank(), total_steps * m)
+    batches = synthetic_batches(args, ctx.dp_rank, total_steps * m)
 
     def step(i: int) -> float:
-        return train_step(model, grads, optimizer, iter(batches[i * m:(i + 1) * m]), m)[0]
+        return trainer.train_step(iter(batches[i * m:(i + 1) * m]))[0].mean_loss(ctx)
 
     counter = SavedActivationCounter(model.chunks[0], model.parameters())
     with counter:
@@ -373,7 +370,7 @@ def run_variant(args, variant: Variant, dtype_name: str, out_dir: str):
                   num_params=sum(p.numel() for p in model.parameters()))
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
-    state.shutdown()
+    shutdown()
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
     python benchmarks/bench_pipeline_bubble.py --pp 2 --micro-batches 2,4,8 --markdown-out b.md
 
 The model (ChatGLM3/GLM-4 architecture, 8 layers by default, split evenly over P stages) trains
-with `glm_megatron.parallel.pipeline.PipelineSchedule` (torch.distributed.pipelining's
+with `glm_megatron.parallel.schedules.PipelineParallel` (torch.distributed.pipelining's
 Schedule1F1B) in a gloo world of P processes (TP=1, DP=1), for each micro-batch count m >= P
 (the schedule refuses m < P). Micro-batch size and sequence length stay fixed, so a step's work
 grows with m. The m values are interleaved step by step so that load from other processes on the
@@ -60,7 +60,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from glm_megatron.parallel.state import free_port  # noqa: E402
+from glm_megatron.parallel.context import free_port  # noqa: E402
 from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
                      print_table)
 
@@ -157,61 +157,64 @@ class OpRecorder:
         setattr(stage, name, timed)
 
 
-def concatenated_batch(args, m: int) -> dict:
-    """m random-token causal micro-batches, concatenated as the pipeline takes them; the same on
-    every rank (every stage reads the batch, as in training)."""
+def micro_batches(args, m: int) -> list[dict]:
+    """m random-token causal micro-batches; the same on every rank (every stage reads the
+    batch, as in training)."""
     g = torch.Generator().manual_seed(args.seed + m)
-    b, s = args.micro_batch_size * m, args.seq_length
-    seq = torch.randint(0, args.vocab_size, (b, s + 1), generator=g)
-    return {"tokens": seq[:, :-1].contiguous(), "labels": seq[:, 1:].contiguous(),
-            "loss_mask": torch.ones(b, s), "position_ids": torch.arange(s).expand(b, s).clone()}
+    b, s = args.micro_batch_size, args.seq_length
+    out = []
+    for _ in range(m):
+        seq = torch.randint(0, args.vocab_size, (b, s + 1), generator=g)
+        out.append({"tokens": seq[:, :-1].contiguous(), "labels": seq[:, 1:].contiguous(),
+                    "loss_mask": torch.ones(b, s),
+                    "position_ids": torch.arange(s).expand(b, s).clone()})
+    return out
 
 
 def run_pipeline(args, pp: int, out_dir: str):
     threads = max(1, (os.cpu_count() or pp) // pp)
     torch.set_num_threads(threads)
     import torch.distributed as dist
-    from megatron.core import parallel_state as mpu
 
     from glm_megatron.model.builder import build_model_chunks
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.pipeline import PipelineSchedule
-    from glm_megatron.parallel.random import set_random_seed
-    from glm_megatron.training.grads import GradientBuffer
-    from glm_megatron.training.optimizer import MixedPrecisionAdamW
-    from glm_megatron.training.step import finalize_grads
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+    from glm_megatron.parallel.random import seed_all
+    from glm_megatron.parallel.schedules import get_forward_backward_func
+    from glm_megatron.training.losses import language_model_loss
+    from glm_megatron.training.trainer import Trainer
 
-    state.initialize_parallel(1, pp, "cpu")
-    set_random_seed(args.seed)
-    model = build_model_chunks(chatglm3_style_config(args, args.vocab_size), args.seed, params_dtype=DTYPES[args.dtype])
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
-                           deferred_params=tuple(model.tied_embedding_copies()))
-    optimizer = MixedPrecisionAdamW(model, grads, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95),
-                                    eps=1e-8, clip_grad=1.0)
+    ctx = initialize_distributed(1, pp, "cpu")
+    seed_all(ctx, args.seed)
+    model = build_model_chunks(chatglm3_style_config(args, args.vocab_size), ctx, args.seed,
+                               params_dtype=DTYPES[args.dtype])
     counts = [m for m in args.micro_batches if m >= pp]
+    trainer = Trainer(model, ctx, num_microbatches=counts[0], loss_fn=language_model_loss,
+                      lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, clip_grad=1.0)
     schedules, recorders, batches = {}, {}, {}
-    for m in counts:
-        schedules[m] = PipelineSchedule(list(model.chunks), m, 1, optimizer.scale_loss)
-        recorders[m] = OpRecorder(schedules[m].stages[0])
-        batches[m] = concatenated_batch(args, m)
+    for m in counts:  # one forward-backward function per micro-batch count, one model
+        schedules[m] = get_forward_backward_func(model.chunks, ctx, num_microbatches=m,
+                                                 loss_fn=language_model_loss,
+                                                 scale_loss=trainer.optimizer.scale_loss)
+        recorders[m] = OpRecorder(schedules[m].pipeline_stages[0])
+        batches[m] = micro_batches(args, m)
     results = {m: [] for m in counts}
     for step in range(args.warmup + args.steps):
         for m in counts:  # interleaved: background load falls on every m alike
-            grads.start(m)
+            trainer.grads.start(m)
             recorders[m].ops.clear()
             dist.barrier()
             start = time.perf_counter()
-            schedules[m].run(batches[m], train=True)
+            schedules[m](iter(batches[m]))
             wall = time.perf_counter() - start
-            finalize_grads(model, grads)
-            optimizer.step()
+            trainer.finalize_grads()
+            trainer.optimizer.step()
             if step >= args.warmup:
                 results[m].append({"wall": wall, "start": start,
                                    "ops": list(recorders[m].ops)})
     rank = dist.get_rank()
-    with open(os.path.join(out_dir, f"stage{state.pp_rank()}.json"), "w") as f:
+    with open(os.path.join(out_dir, f"stage{ctx.pp_rank}.json"), "w") as f:
         json.dump({"rank": rank, "threads": threads, "results": results}, f)
-    state.shutdown()
+    shutdown()
 
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import math
 import platform
 import statistics
@@ -212,38 +211,24 @@ def profile_step(step: Callable[[int], float], index: int, label: str, rows: int
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def make_ours_step(config, args, dtype: torch.dtype, sequences: list[torch.Tensor]):
+def make_ours_step(ctx, config, args, dtype: torch.dtype, sequences: list[torch.Tensor]):
     """glm_megatron's training step: model, fp32 gradient buffer, MixedPrecisionAdamW."""
-    from megatron.core import parallel_state as mpu
+    from glm_megatron.model.builder import build_model_chunks
+    from glm_megatron.parallel.random import seed_all
+    from glm_megatron.training.losses import language_model_loss
+    from glm_megatron.training.trainer import Trainer
 
-    from glm_megatron.model import builder
-    from glm_megatron.parallel.random import set_random_seed
-    from glm_megatron.training.grads import GradientBuffer
-    from glm_megatron.training.optimizer import MixedPrecisionAdamW
-    from glm_megatron.training.step import train_step
-
-    set_random_seed(args.seed)
-    # The training step takes the rank's model chunks where the package has them (pipeline
-    # parallelism), else the plain model; the optimizer takes the gradient buffer where it
-    # reads the gradients from it.
-    if hasattr(builder, "build_model_chunks"):
-        model = builder.build_model_chunks(config, args.seed, params_dtype=dtype)
-    else:
-        model = builder.build_model(config, args.seed, params_dtype=dtype)
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group())
-    hyper = dict(lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, clip_grad=1.0)
-    if "grads" in inspect.signature(MixedPrecisionAdamW.__init__).parameters:
-        optimizer = MixedPrecisionAdamW(model, grads, **hyper)
-    else:
-        optimizer = MixedPrecisionAdamW(model, **hyper)
+    seed_all(ctx, args.seed)
+    model = build_model_chunks(config, ctx, args.seed, params_dtype=dtype)
+    trainer = Trainer(model, ctx, num_microbatches=1, loss_fn=language_model_loss, lr=args.lr,
+                      weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, clip_grad=1.0)
     b, s = args.micro_batch_size, args.seq_length
     positions = torch.arange(s).expand(b, s).contiguous()
     batches = [{"tokens": seq[:, :-1].contiguous(), "labels": seq[:, 1:].contiguous(),
                 "loss_mask": torch.ones(b, s), "position_ids": positions} for seq in sequences]
 
     def step(i: int) -> float:
-        loss, _, _ = train_step(model, grads, optimizer, iter([batches[i % len(batches)]]), 1)
-        return loss
+        return trainer.train_step(iter([batches[i % len(batches)]]))[0].mean_loss(ctx)
 
     return step, "bf16 params, fp32 grads + master" if dtype == torch.bfloat16 else "fp32"
 
@@ -368,7 +353,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from glm_megatron.parallel import state
+    from glm_megatron.parallel.context import single_process_context
     from glm_megatron.training.metrics import model_flops_per_iteration
 
     config = chatglm3_style_config(args, args.padded_vocab_size)
@@ -386,31 +371,28 @@ def main(argv=None) -> int:
 
     sequences = random_sequences(args, args.warmup + args.steps + (1 if args.profile else 0))
     results = []
-    state.initialize_parallel(1, 1, "cpu")
-    try:
-        for name in args.dtypes:
-            print(f"\n[{name}] building {', '.join(args.frameworks)}", flush=True)
-            steps, modes = {}, {}
-            if "ours" in args.frameworks:
-                steps["ours"], modes["ours"] = make_ours_step(config, args, DTYPES[name],
-                                                              sequences)
-            if "transformers" in args.frameworks:
-                hf_modes = args.hf_bf16 if name == "bf16" else ["fp32"]
-                for mode in hf_modes:
-                    key = "transformers" if len(hf_modes) == 1 else f"transformers/{mode}"
-                    steps[key], modes[key] = make_transformers_step(
-                        config, args, DTYPES[name], sequences, bf16_mode=mode)
-            timed = time_interleaved(steps, args.warmup, args.steps, name)
-            for framework, (times, first_loss) in timed.items():
-                results.append(Result(name, framework, modes[framework], times, first_loss,
-                                      flops, b * s))
-            if args.profile:
-                for framework, step in steps.items():
-                    profile_step(step, args.warmup + args.steps, f"{framework}/{name}")
-            del steps
-            gc.collect()
-    finally:
-        state.shutdown()
+    ctx = single_process_context("cpu")  # one process: no process group needed
+    for name in args.dtypes:
+        print(f"\n[{name}] building {', '.join(args.frameworks)}", flush=True)
+        steps, modes = {}, {}
+        if "ours" in args.frameworks:
+            steps["ours"], modes["ours"] = make_ours_step(ctx, config, args, DTYPES[name],
+                                                          sequences)
+        if "transformers" in args.frameworks:
+            hf_modes = args.hf_bf16 if name == "bf16" else ["fp32"]
+            for mode in hf_modes:
+                key = "transformers" if len(hf_modes) == 1 else f"transformers/{mode}"
+                steps[key], modes[key] = make_transformers_step(
+                    config, args, DTYPES[name], sequences, bf16_mode=mode)
+        timed = time_interleaved(steps, args.warmup, args.steps, name)
+        for framework, (times, first_loss) in timed.items():
+            results.append(Result(name, framework, modes[framework], times, first_loss,
+                                  flops, b * s))
+        if args.profile:
+            for framework, step in steps.items():
+                profile_step(step, args.warmup + args.steps, f"{framework}/{name}")
+        del steps
+        gc.collect()
 
     rates = measure_matmul_rates(args, rates)
     header, rows = table_rows(results, rates)

@@ -18,17 +18,18 @@ from .convert.errors import ConversionError
 from .convert.mapping import groups
 from .data.tokenizer import GLMTokenizer
 from .model.builder import build_model
+from .parallel.context import single_process_context
 
 BLANK = re.compile(r"\[(MASK|sMASK|gMASK)\]")
 
 
-def load_model(reader: CheckpointReader) -> torch.nn.Module:
-    """A single-process GLMForCausalLM with the weights of a checkpoint saved at any layout.
-    Needs a parallel world of one (glm_megatron.parallel.state.initialize_parallel(1, 1))."""
+def load_model(reader: CheckpointReader, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A one-process GLMForCausalLM (no process group) with the weights of a checkpoint saved
+    at any layout."""
     if reader.head.num_labels:
         raise ConversionError(f"--load {reader.root} holds a sequence classifier; blank filling "
                               "needs a language-model checkpoint")
-    model = build_model(reader.config, seed=0)
+    model = build_model(reader.config, single_process_context(device), seed=0)
     weights = reader.read([name for group in groups(reader.config)
                            for name in reader.group_names(group)])
     model.load_state_dict({**model.state_dict(), **weights})

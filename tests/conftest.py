@@ -11,14 +11,13 @@ os.environ.setdefault("GLM_MEGATRON_CACHE", tempfile.mkdtemp(prefix="glm_megatro
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def single_process_world():
-    """A world of one (gloo) with megatron-core's groups, for in-process model tests."""
+@pytest.fixture
+def ctx():
+    """A one-process parallel context (no process group), seeded, for in-process model tests."""
     import glm_megatron  # noqa: F401
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.random import set_random_seed
+    from glm_megatron.parallel.context import single_process_context
+    from glm_megatron.parallel.random import seed_all
 
-    state.initialize_parallel(1, 1, "cpu")
-    set_random_seed(1234)
-    yield
-    state.shutdown()
+    context = single_process_context("cpu")
+    seed_all(context, 1234)
+    return context

@@ -46,3 +46,19 @@ def micro_batches(step: int, dp_rank: int, dp_size: int, kind: str = "blank",
     samples = make_batch(kind, batch=global_batch, seed=100 + step)
     for start in range(dp_rank * micro_batch, global_batch, micro_batch * dp_size):
         yield {k: v[start:start + micro_batch] for k, v in samples.items()}
+
+
+def make_trainer(ctx, model, num_microbatches: int, *, lr: float = 1e-2, eps: float = 1e-6,
+                 **kwargs):
+    """A Trainer with the LM loss and the suite's AdamW settings. eps 1e-6 (GLM's own
+    setting): with 1e-8, Adam turns the fp32 rounding noise on gradients that are truly ~0 (the
+    key bias cannot change softmax) into lr-sized steps."""
+    from glm_megatron.training.losses import language_model_loss
+    from glm_megatron.training.trainer import Trainer
+    return Trainer(model, ctx, num_microbatches=num_microbatches, loss_fn=language_model_loss,
+                   lr=lr, weight_decay=0.1, betas=(0.9, 0.95), eps=eps, clip_grad=1.0, **kwargs)
+
+
+def step_loss(trainer, batches) -> float:
+    """One training iteration; the loss averaged over the global batch."""
+    return trainer.train_step(batches)[0].mean_loss(trainer.ctx)

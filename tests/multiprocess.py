@@ -6,7 +6,7 @@ import os
 
 import torch.multiprocessing as mp
 
-from glm_megatron.parallel.state import free_port
+from glm_megatron.parallel.context import free_port
 
 
 

@@ -452,16 +452,18 @@ def test_prefix_lm_collation():
     assert short["loss_mask"][0].sum() == 0 and short["loss_mask"][1].sum() == 1
 
 
-def test_model_consumes_the_batch(single_process_world):
+def test_model_consumes_the_batch(ctx):
     from glm_megatron.model.builder import build_model
+    from glm_megatron.training.losses import language_model_loss
     from glm_testing import tiny_config
-    model = build_model(tiny_config("glm-tiny", block_position_encoding=True), seed=3).eval()
+    model = build_model(tiny_config("glm-tiny", block_position_encoding=True), ctx,
+                        seed=3).eval()
     seq = 96
     c = collator(seq, bert_prob=0.4, gap_sentence_prob=0.3)
     batch = c(packed_samples(np.random.default_rng(14), 2, seq), microbatch_rng(0, 0))
     assert c.length <= model.config.max_position_embeddings
     with torch.no_grad():
-        loss = model(batch)
+        loss, _ = language_model_loss(model(batch), batch)
         logits = model.logits(batch["tokens"], batch["position_ids"], batch["sep"])
         changed = batch["tokens"].clone()
         sep = int(batch["sep"][0])

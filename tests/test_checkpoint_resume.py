@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from glm_testing import micro_batches, tiny_config
+from glm_testing import make_trainer, micro_batches, step_loss, tiny_config
 from multiprocess import run_distributed
 
 STEPS, GLOBAL_BATCH = 4, 4
@@ -14,38 +14,30 @@ STEPS, GLOBAL_BATCH = 4, 4
 
 def _run(out_dir: str, distributed: bool, start: int, stop: int, load: bool, save: bool):
     import glm_megatron  # noqa: F401
-    from megatron.core import parallel_state as mpu
     from glm_megatron.model.builder import build_model_chunks
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.random import set_random_seed
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+    from glm_megatron.parallel.random import seed_all
     from glm_megatron.training import checkpointing
-    from glm_megatron.training.grads import GradientBuffer
-    from glm_megatron.training.optimizer import MixedPrecisionAdamW
-    from glm_megatron.training.step import train_step
 
-    state.initialize_parallel(1, 1, "cpu")
-    set_random_seed(1234)
+    ctx = initialize_distributed(1, 1, "cpu")
+    seed_all(ctx, 1234)
     config = tiny_config("chatglm3-tiny")
-    model = build_model_chunks(config, 7)
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
-                           shard_over_dp=distributed, bucket_elements=30_000)
-    optimizer = MixedPrecisionAdamW(model, grads, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95),
-                                    eps=1e-8, clip_grad=1.0)
+    model = build_model_chunks(config, ctx, 7)
+    trainer = make_trainer(ctx, model, GLOBAL_BATCH // ctx.dp_size,
+                           distributed_optimizer=distributed, bucket_elements=30_000, eps=1e-8)
     ckpt = os.path.join(out_dir, "ckpt")
     if load:
-        checkpointing.load_checkpoint(ckpt, model, optimizer, None)
-    losses = []
-    for step in range(start, stop):
-        batches = micro_batches(step, state.dp_rank(), state.dp_size(), "causal", GLOBAL_BATCH)
-        losses.append(train_step(model, grads, optimizer, batches,
-                                 GLOBAL_BATCH // state.dp_size())[0])
+        checkpointing.load_checkpoint(ckpt, model, trainer.optimizer, None, ctx)
+    losses = [step_loss(trainer, micro_batches(step, ctx.dp_rank, ctx.dp_size, "causal",
+                                               GLOBAL_BATCH))
+              for step in range(start, stop)]
     if save:
         checkpointing.save_checkpoint(ckpt, checkpointing.TrainingState(stop, 0), model,
-                                      optimizer, None, config, {})
+                                      trainer.optimizer, None, config, {}, ctx)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    if torch.distributed.get_rank() == 0:
+    if ctx.is_rank_zero:
         torch.save((losses, params), os.path.join(out_dir, f"run_{start}_{stop}.pt"))
-    state.shutdown()
+    shutdown()
 
 
 @pytest.mark.parametrize("distributed", [True, False], ids=["distopt", "plain"])

@@ -132,39 +132,38 @@ def _evaluate_worker(jobs: list[dict], out_dir: str):
     from megatron.core import parallel_state as mpu
     from glm_megatron.config import GLMConfig
     from glm_megatron.model.builder import build_model, build_model_chunks
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.pipeline import PipelineSchedule
-    from glm_megatron.parallel.random import set_random_seed
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+    from glm_megatron.parallel.random import seed_all
+    from glm_megatron.parallel.schedules import get_forward_backward_func
     from glm_megatron.training.checkpointing import load_checkpoint, read_metadata
+    from glm_megatron.training.losses import language_model_loss
 
     for job in jobs:
-        state.initialize_parallel(job["tp"], job["pp"], "cpu")
-        set_random_seed(1234)
+        ctx = initialize_distributed(job["tp"], job["pp"], "cpu")
+        seed_all(ctx, 1234)
         config = GLMConfig.from_dict(read_metadata(job["ckpt"])["config"])
         batch = job["batch"]
         result = None
         if job["kind"] == "pooled":
-            model = build_model(config, 0, num_labels=job["num_labels"], pad_token_id=0)
-            load_checkpoint(job["ckpt"], model, None, None, finetune=True)
+            model = build_model(config, ctx, 0, num_labels=job["num_labels"], pad_token_id=0)
+            load_checkpoint(job["ckpt"], model, None, None, ctx, finetune=True)
             with torch.no_grad():
-                result = model.eval().pooled_logits(batch["tokens"], batch["position_ids"])
+                result = model.eval()(batch)
         else:
-            model = build_model_chunks(config, 0)
-            load_checkpoint(job["ckpt"], model, None, None, finetune=True)
+            model = build_model_chunks(config, ctx, 0)
+            load_checkpoint(job["ckpt"], model, None, None, ctx, finetune=True)
             model.eval()
-            if job["pp"] > 1:
-                # One micro-batch per sample (equal token counts: the mean is the token mean).
-                schedule = PipelineSchedule(list(model.chunks), BATCH, 1, lambda loss: loss)
-                losses = schedule.run(batch, train=False)
-                result = losses.mean() if losses is not None else None
-            else:
-                with torch.no_grad():
-                    result = model.chunks[0](batch)
-        if result is not None and state.tp_rank() == 0 and state.dp_rank() == 0:
+            # One micro-batch per sample (equal token counts: the mean is the token mean).
+            forward = get_forward_backward_func(model.chunks, ctx, num_microbatches=BATCH,
+                                                loss_fn=language_model_loss)
+            micro = iter([{k: v[i:i + 1] for k, v in batch.items()} for i in range(BATCH)])
+            output = forward(micro, forward_only=True)
+            result = torch.stack(output.losses).mean() if output.losses is not None else None
+        if result is not None and ctx.tp_rank == 0 and ctx.dp_rank == 0:
             torch.save(result, os.path.join(out_dir, job["name"] + ".pt"))
         torch.distributed.barrier()
         mpu.destroy_model_parallel()
-    state.shutdown()
+    shutdown()
 
 
 @pytest.fixture(scope="module")

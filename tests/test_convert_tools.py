@@ -84,22 +84,22 @@ def test_help_documents_every_option(tool):
 
 # Schema --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", GENERATIONS)
-def test_schema_is_the_models_state_dict(single_process_world, preset):
+def test_schema_is_the_models_state_dict(ctx, preset):
     """What the converters write is exactly what build_model's state dict holds: names (with
     megatron-core's _extra_state entries), shapes and TP split specs."""
     from glm_megatron.convert.schema import (Head, full_model_params, layer_extra_state,
                                              post_extra_state)
     from glm_megatron.model.builder import build_model
-    from glm_megatron.parallel.sharding import partition_spec
+    from glm_megatron.parallel.param_roles import role_of
     for head in (Head(), Head(3)) if preset == "chatglm3-tiny" else (Head(),):
         config = tiny_config(preset)
-        model = build_model(config, 0, num_labels=head.num_labels, pad_token_id=0)
+        model = build_model(config, ctx, 0, num_labels=head.num_labels, pad_token_id=0)
         params = full_model_params(config, head)
         named = dict(model.named_parameters())
         assert set(named) == set(params)
         for name, param in named.items():
             assert tuple(param.shape) == params[name].shape, name
-            assert partition_spec(param) == params[name].partition, name
+            assert role_of(param).partition == params[name].partition, name
         extra = {n for i in range(config.num_layers) for n in layer_extra_state(i)}
         extra |= set(post_extra_state(head))
         assert set(model.state_dict()) == set(params) | extra

@@ -19,7 +19,8 @@ import sys
 import pytest
 import torch
 
-from glm_testing import GENERATIONS, make_batch, micro_batches, tiny_config
+from glm_testing import (GENERATIONS, make_batch, make_trainer, micro_batches, step_loss,
+                         tiny_config)
 from multiprocess import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,43 +48,27 @@ def tool(name: str, *args: str):
 
 def _setup(preset: str, tp: int, pp: int, distributed_optimizer: bool = False,
            virtual: int = 1):
-    from megatron.core import parallel_state as mpu
     from glm_megatron.model.builder import build_model_chunks
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.pipeline import PipelineSchedule
-    from glm_megatron.parallel.random import set_random_seed
-    from glm_megatron.training.grads import GradientBuffer
-    from glm_megatron.training.optimizer import MixedPrecisionAdamW
+    from glm_megatron.parallel.context import initialize_distributed
+    from glm_megatron.parallel.random import seed_all
 
-    state.initialize_parallel(tp, pp, "cpu")
-    set_random_seed(1234)
+    ctx = initialize_distributed(tp, pp, "cpu")
+    seed_all(ctx, 1234)
     config = tiny_config(preset, num_layers=LAYERS)
-    model = build_model_chunks(config, 7, virtual_stages=virtual)
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
-                           shard_over_dp=distributed_optimizer,
-                           deferred_params=tuple(model.tied_embedding_copies()))
-    optimizer = MixedPrecisionAdamW(model, grads, lr=LR, weight_decay=0.1, betas=(0.9, 0.95),
-                                    eps=1e-6, clip_grad=1.0)
-    num_micro = GLOBAL_BATCH // (MICRO_BATCH * state.dp_size())
-    pipeline = (PipelineSchedule(list(model.chunks), num_micro, virtual, optimizer.scale_loss)
-                if pp > 1 else None)
-    return config, model, grads, optimizer, pipeline, num_micro
+    model = build_model_chunks(config, ctx, 7, virtual_stages=virtual)
+    trainer = make_trainer(ctx, model, GLOBAL_BATCH // (MICRO_BATCH * ctx.dp_size), lr=LR,
+                           distributed_optimizer=distributed_optimizer)
+    return config, model, trainer
 
 
-def _train(model, grads, optimizer, pipeline, num_micro, steps) -> list[float]:
-    from glm_megatron.parallel import state
-    from glm_megatron.training.step import train_step
-    losses = []
-    for step in steps:
-        batches = micro_batches(step, state.dp_rank(), state.dp_size(), "blank", GLOBAL_BATCH,
-                                MICRO_BATCH)
-        losses.append(train_step(model, grads, optimizer, batches, num_micro, pipeline)[0])
-    return losses
+def _train(trainer, steps) -> list[float]:
+    ctx = trainer.ctx
+    return [step_loss(trainer, micro_batches(step, ctx.dp_rank, ctx.dp_size, "blank",
+                                             GLOBAL_BATCH, MICRO_BATCH))
+            for step in steps]
 
 
-def _full_logits(model, batch) -> torch.Tensor:
-    from megatron.core import parallel_state as mpu
-    group = mpu.get_tensor_model_parallel_group()
+def _full_logits(model, batch, group) -> torch.Tensor:
     with torch.no_grad():
         local = model.chunks[0].eval().logits(batch["tokens"], batch["position_ids"],
                                               batch.get("sep")).contiguous()
@@ -92,7 +77,7 @@ def _full_logits(model, batch) -> torch.Tensor:
     return torch.cat(parts, dim=-1).transpose(0, 1)
 
 
-def _greedy_fill(model) -> list[int]:
+def _greedy_fill(model, group) -> list[int]:
     """Fill PROMPT's blank greedily with our model: the blank's tokens take the mask's position
     and block positions 1, 2, ...; Part A (before sop) is bidirectional."""
     ids, sep, mask_at = list(PROMPT), PROMPT.index(SOP), PROMPT.index(MASK)
@@ -102,7 +87,7 @@ def _greedy_fill(model) -> list[int]:
         blocks = [0] * sep + list(range(1, part_b + 1))
         batch = {"tokens": torch.tensor([ids]), "sep": torch.tensor([sep]),
                  "position_ids": torch.tensor([[positions, blocks]])}
-        ids.append(int(_full_logits(model, batch)[0, -1].argmax()))
+        ids.append(int(_full_logits(model, batch, group)[0, -1].argmax()))
         if ids[-1] == EOP:
             break
     return ids
@@ -111,48 +96,47 @@ def _greedy_fill(model) -> list[int]:
 def _train_and_save_worker(out_dir: str):
     import glm_megatron  # noqa: F401
     from megatron.core import parallel_state as mpu
-    from glm_megatron.parallel import state
+    from glm_megatron.parallel.context import shutdown
     from glm_megatron.training.checkpointing import TrainingState, save_checkpoint
 
     results = {}
     for preset in GENERATIONS:
-        config, model, grads, optimizer, pipeline, num_micro = _setup(preset, 2, 1)
-        _train(model, grads, optimizer, pipeline, num_micro, range(SAVED_AT))
+        config, model, trainer = _setup(preset, 2, 1)
+        _train(trainer, range(SAVED_AT))
         token_ids = {"mask": MASK, "sop": SOP, "eop": EOP, "pad": 0, "eos": 1}
         save_checkpoint(os.path.join(out_dir, preset), TrainingState(SAVED_AT, 8), model,
-                        optimizer, None, config,
-                        {"tensor_model_parallel_size": 2, "hf_token_ids": token_ids})
+                        trainer.optimizer, None, config,
+                        {"tensor_model_parallel_size": 2, "hf_token_ids": token_ids}, trainer.ctx)
         batches = {"blank": make_batch("blank", seed=11), "causal": make_batch("causal", seed=12)}
-        logits = {kind: _full_logits(model, b) for kind, b in batches.items()}
-        filled = _greedy_fill(model) if preset in REMOTE else None
-        continued = (_train(model, grads, optimizer, pipeline, num_micro,
-                            range(SAVED_AT, SAVED_AT + CONTINUE)) if preset in RESHARDED else None)
+        group = trainer.ctx.tp_group
+        logits = {kind: _full_logits(model, b, group) for kind, b in batches.items()}
+        filled = _greedy_fill(model, group) if preset in REMOTE else None
+        continued = (_train(trainer, range(SAVED_AT, SAVED_AT + CONTINUE))
+                     if preset in RESHARDED else None)
         results[preset] = dict(batches=batches, logits=logits, continued=continued, filled=filled)
         mpu.destroy_model_parallel()
     if torch.distributed.get_rank() == 0:
         torch.save(results, os.path.join(out_dir, "results.pt"))
-    state.shutdown()
+    shutdown()
 
 
 def _continue_worker(jobs: list[dict], out_dir: str):
     import glm_megatron  # noqa: F401
     from megatron.core import parallel_state as mpu
-    from glm_megatron.parallel import state
+    from glm_megatron.parallel.context import shutdown
     from glm_megatron.training.checkpointing import load_checkpoint
 
     losses = {}
     for job in jobs:
-        _, model, grads, optimizer, pipeline, num_micro = _setup(
-            job["preset"], job["tp"], job["pp"], job.get("distributed_optimizer", False),
-            job.get("virtual", 1))
-        progress = load_checkpoint(job["ckpt"], model, optimizer, None)
+        _, model, trainer = _setup(job["preset"], job["tp"], job["pp"],
+                                   job.get("distributed_optimizer", False), job.get("virtual", 1))
+        progress = load_checkpoint(job["ckpt"], model, trainer.optimizer, None, trainer.ctx)
         assert progress.iteration == SAVED_AT
-        losses[job["name"]] = _train(model, grads, optimizer, pipeline, num_micro,
-                                     range(SAVED_AT, SAVED_AT + CONTINUE))
+        losses[job["name"]] = _train(trainer, range(SAVED_AT, SAVED_AT + CONTINUE))
         mpu.destroy_model_parallel()
     if torch.distributed.get_rank() == 0:
         torch.save(losses, os.path.join(out_dir, "continued.pt"))
-    state.shutdown()
+    shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import torch
 
-from glm_testing import GENERATIONS, micro_batches, tiny_config
+from glm_testing import GENERATIONS, make_trainer, micro_batches, step_loss, tiny_config
 from multiprocess import run_distributed
 
 GLOBAL_BATCH, MICRO_BATCH, STEPS = 4, 1, 3
@@ -10,34 +10,23 @@ GLOBAL_BATCH, MICRO_BATCH, STEPS = 4, 1, 3
 
 def _worker(out_path: str):
     import glm_megatron  # noqa: F401
-    from megatron.core import parallel_state as mpu
     from glm_megatron.model.builder import build_model_chunks
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.random import set_random_seed
-    from glm_megatron.training.grads import GradientBuffer
-    from glm_megatron.training.optimizer import MixedPrecisionAdamW
-    from glm_megatron.training.step import train_step
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+    from glm_megatron.parallel.random import seed_all
 
-    state.initialize_parallel(1, 1, "cpu")
-    set_random_seed(1234)
+    ctx = initialize_distributed(1, 1, "cpu")
+    seed_all(ctx, 1234)
     results = {}
     for preset in GENERATIONS:
-        model = build_model_chunks(tiny_config(preset), seed=7)
-        grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group())
-        optimizer = MixedPrecisionAdamW(model, grads, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95),
-                                        eps=1e-6, clip_grad=1.0)
-        # eps 1e-6 (GLM's own setting): with 1e-8, Adam turns the fp32 rounding noise on
-        # gradients that are truly ~0 (the key bias cannot change softmax) into lr-sized steps.
-        losses = []
-        for step in range(STEPS):
-            batches = micro_batches(step, state.dp_rank(), state.dp_size(), "blank",
-                                    GLOBAL_BATCH, MICRO_BATCH)
-            num_micro = GLOBAL_BATCH // (MICRO_BATCH * state.dp_size())
-            losses.append(train_step(model, grads, optimizer, batches, num_micro)[0])
+        model = build_model_chunks(tiny_config(preset), ctx, seed=7)
+        trainer = make_trainer(ctx, model, GLOBAL_BATCH // (MICRO_BATCH * ctx.dp_size))
+        losses = [step_loss(trainer, micro_batches(step, ctx.dp_rank, ctx.dp_size, "blank",
+                                                   GLOBAL_BATCH, MICRO_BATCH))
+                  for step in range(STEPS)]
         results[preset] = (losses, {n: p.detach().clone() for n, p in model.named_parameters()})
-    if torch.distributed.get_rank() == 0:
+    if ctx.is_rank_zero:
         torch.save(results, out_path)
-    state.shutdown()
+    shutdown()
 
 
 def test_dp2_matches_dp1(tmp_path):

@@ -8,27 +8,28 @@ from multiprocess import run_distributed
 
 def _worker(tp: int, out_path: str):
     import glm_megatron  # noqa: F401
-    from megatron.core import parallel_state as mpu
     from glm_megatron.model.builder import build_model
-    from glm_megatron.parallel import state
-    from glm_megatron.parallel.random import set_random_seed
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+    from glm_megatron.parallel.random import seed_all
     from glm_megatron.parallel.sharding import gather_full
+    from glm_megatron.training.losses import language_model_loss
 
-    state.initialize_parallel(tp, 1, "cpu")
-    set_random_seed(1234)
+    ctx = initialize_distributed(tp, 1, "cpu")
+    seed_all(ctx, 1234)
     results = {}
     for preset in GENERATIONS:
         for kind in ("blank", "causal"):
-            model = build_model(tiny_config(preset), seed=7)
-            loss = model(make_batch(kind))
+            model = build_model(tiny_config(preset), ctx, seed=7)
+            batch = make_batch(kind)
+            loss, _ = language_model_loss(model(batch), batch)
             loss.backward()
-            group = mpu.get_tensor_model_parallel_group()
+            group = ctx.tp_group
             grads = {n: gather_full(p.grad, p, group) for n, p in model.named_parameters()}
             weights = {n: gather_full(p.detach(), p, group) for n, p in model.named_parameters()}
             results[preset, kind] = (loss.item(), grads, weights)
-    if torch.distributed.get_rank() == 0:
+    if ctx.is_rank_zero:
         torch.save(results, out_path)
-    state.shutdown()
+    shutdown()
 
 
 def test_tp2_matches_single_process(tmp_path):

@@ -21,7 +21,7 @@ from glm_megatron.convert.checkpoint import CheckpointReader  # noqa: E402
 from glm_megatron.convert.errors import ConversionError  # noqa: E402
 from glm_megatron.data.tokenizer import GLMTokenizer  # noqa: E402
 from glm_megatron.generation import fill_blanks, load_model  # noqa: E402
-from glm_megatron.parallel import state  # noqa: E402
+from glm_megatron.parallel.context import resolve_device  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,11 +48,10 @@ def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    state.initialize_parallel(1, 1, "auto")
     try:
         reader = CheckpointReader(args.load, args.iteration, flag="--load")
         tokenizer = _tokenizer(args, reader)
-        model = load_model(reader)
+        model = load_model(reader, resolve_device("auto"))
         for text in args.text:
             spans = fill_blanks(model, tokenizer, text, args.max_span_tokens)
             print(text)
@@ -61,8 +60,6 @@ def main(argv=None) -> int:
     except (ConversionError, ValueError) as error:
         print(f"tools/generate.py: error: {error}", file=sys.stderr)
         return 2
-    finally:
-        state.shutdown()
     return 0
 
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GLMConfig
-from ..parallel.random import tensor_parallel_rng
+from ..parallel.context import ParallelContext
 from ..parallel.recompute import checkpoint
-from . import layers
+from .layers import ColumnParallelLinear, RowParallelLinear
 
 
 def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
@@ -35,18 +35,22 @@ def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
 
 
 class SelfAttention(torch.nn.Module):
-    def __init__(self, config: GLMConfig, mp, tp_size: int, recompute_core: bool = False):
+    def __init__(self, config: GLMConfig, ctx: ParallelContext, *,
+                 sequence_parallel: bool = False, recompute_core: bool = False):
         super().__init__()
+        self.rng = ctx.rng
         self.head_dim = config.kv_channels
         self.queries_per_group = config.num_attention_heads // config.num_query_groups
-        self.local_groups = config.num_query_groups // tp_size
+        self.local_groups = config.num_query_groups // ctx.tp_size
         self.dropout = config.attention_dropout
         self.recompute_core = recompute_core
         qkv_size = config.query_projection_size + 2 * config.kv_projection_size
-        self.linear_qkv = layers.column_parallel(
-            config.hidden_size, qkv_size, mp, bias=config.add_bias_linear or config.add_qkv_bias)
-        self.linear_proj = layers.row_parallel(
-            config.query_projection_size, config.hidden_size, mp, bias=config.add_bias_linear,
+        self.linear_qkv = ColumnParallelLinear(
+            config.hidden_size, qkv_size, ctx, sequence_parallel=sequence_parallel,
+            bias=config.add_bias_linear or config.add_qkv_bias)
+        self.linear_proj = RowParallelLinear(
+            config.query_projection_size, config.hidden_size, ctx,
+            sequence_parallel=sequence_parallel, bias=config.add_bias_linear,
             init_std=config.output_layer_init_std)
 
     def _core_attention(self, query, key, value, mask):
@@ -55,7 +59,7 @@ class SelfAttention(torch.nn.Module):
         query, key, value = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         dropout = self.dropout if self.training else 0.0
         # Attention dropout acts on this rank's heads only: draw it from the per-TP-rank stream.
-        with tensor_parallel_rng().fork() if dropout > 0 else contextlib.nullcontext():
+        with self.rng.fork() if dropout > 0 else contextlib.nullcontext():
             context = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
                 enable_gqa=self.queries_per_group > 1)
@@ -72,7 +76,7 @@ class SelfAttention(torch.nn.Module):
             query = rotary.apply(query, rotary_tables)
             key = rotary.apply(key, rotary_tables)
         if self.recompute_core and self.training:
-            context = checkpoint(self._core_attention, query, key, value, mask)
+            context = checkpoint(self.rng, self._core_attention, query, key, value, mask)
         else:
             context = self._core_attention(query, key, value, mask)
         output, _ = self.linear_proj(context)

@@ -7,49 +7,44 @@ from typing import Optional
 import torch
 
 from ..config import ConfigError, GLMConfig
-from ..parallel import state
-from ..parallel.layer_split import stage_layer_ranges
-from ..parallel.pipeline import stage_indices
+from ..parallel.context import ParallelContext
+from ..parallel.layer_split import stage_indices, stage_layer_ranges
 from ..parallel.sharding import initialize_parameters
 from .chunks import ModelChunks
 from .glm import GLMForCausalLM, GLMForSequenceClassification
-from .layers import model_parallel_config
 from .options import ExecutionOptions
 
 
-def build_model(config: GLMConfig, seed: int, *, params_dtype: torch.dtype = torch.float32,
+def build_model(config: GLMConfig, ctx: ParallelContext, seed: int, *,
+                params_dtype: torch.dtype = torch.float32,
                 options: ExecutionOptions = ExecutionOptions(),
                 num_labels: Optional[int] = None, pad_token_id: Optional[int] = None,
                 layer_numbers: Optional[range] = None, pre_process: bool = True,
                 post_process: bool = True) -> torch.nn.Module:
     """A causal-LM model (or pipeline stage), or a sequence classifier when `num_labels` is
     given. Weights are drawn in fp32 from per-name seeds, so every layout starts identical."""
-    tp_size, tp_rank = state.tp_size(), state.tp_rank()
-    config.check_tensor_parallel(tp_size)
-    if options.sequence_parallel and tp_size == 1:
+    config.check_tensor_parallel(ctx.tp_size)
+    if options.sequence_parallel and ctx.tp_size == 1:
         raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
-    mp = model_parallel_config(tp_size, torch.float32, options.sequence_parallel)
     if num_labels is None:
-        model = GLMForCausalLM(config, mp, tp_size, options, layer_numbers, pre_process,
-                               post_process)
+        model = GLMForCausalLM(config, ctx, options, layer_numbers, pre_process, post_process)
     else:
-        model = GLMForSequenceClassification(config, mp, tp_size, num_labels, pad_token_id,
-                                             options)
-    initialize_parameters(model, seed, config.init_method_std, tp_rank, tp_size)
-    return model.to(device=state.device(), dtype=params_dtype)
+        model = GLMForSequenceClassification(config, ctx, num_labels, pad_token_id, options)
+    initialize_parameters(model, seed, config.init_method_std, ctx.tp_rank, ctx.tp_size)
+    return model.to(device=ctx.device, dtype=params_dtype)
 
 
-def build_model_chunks(config: GLMConfig, seed: int, *, params_dtype: torch.dtype = torch.float32,
+def build_model_chunks(config: GLMConfig, ctx: ParallelContext, seed: int, *,
+                       params_dtype: torch.dtype = torch.float32,
                        options: ExecutionOptions = ExecutionOptions(), virtual_stages: int = 1,
                        first_stage_layers: Optional[int] = None,
                        last_stage_layers: Optional[int] = None) -> ModelChunks:
     """This rank's pipeline chunks: one per virtual stage (stages rank, rank + pp, ...)."""
-    pp_size, pp_rank = state.pp_size(), state.pp_rank()
-    num_stages = pp_size * virtual_stages
+    num_stages = ctx.pp_size * virtual_stages
     ranges = stage_layer_ranges(config.num_layers, num_stages, first_stage_layers,
                                 last_stage_layers)
-    chunks = [build_model(config, seed, params_dtype=params_dtype, options=options,
+    chunks = [build_model(config, ctx, seed, params_dtype=params_dtype, options=options,
                           layer_numbers=ranges[stage], pre_process=stage == 0,
                           post_process=stage == num_stages - 1)
-              for stage in stage_indices(pp_rank, pp_size, virtual_stages)]
+              for stage in stage_indices(ctx.pp_rank, ctx.pp_size, virtual_stages)]
     return ModelChunks(chunks)

@@ -10,6 +10,8 @@ from typing import Iterator
 
 import torch
 
+from ..parallel.param_roles import role_of
+
 
 class ModelChunks(torch.nn.Module):
     def __init__(self, chunks: list[torch.nn.Module]):
@@ -21,18 +23,18 @@ class ModelChunks(torch.nn.Module):
         for chunk in self.chunks:
             yield from chunk.named_parameters(prefix, recurse, remove_duplicate)
 
-    def state_dict(self, *args, **kwargs) -> dict:
-        merged = {}
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False) -> dict:
+        destination = {} if destination is None else destination
         for chunk in self.chunks:
-            merged.update(chunk.state_dict())
-        return merged
+            chunk.state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return destination
 
-    def load_state_dict(self, state_dict: dict, strict: bool = True):
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         unused = set(state_dict)
         for chunk in self.chunks:
-            own = {k: v for k, v in state_dict.items() if k in chunk.state_dict()}
-            chunk.load_state_dict(own, strict=strict)
-            unused -= set(own)
+            own = {k: state_dict[k] for k in chunk.state_dict(keep_vars=True) if k in state_dict}
+            chunk.load_state_dict(own, strict=strict, assign=assign)
+            unused -= own.keys()
         if strict and unused:
             raise KeyError(f"checkpoint tensors with no place in this model: {sorted(unused)}")
 
@@ -48,3 +50,9 @@ class ModelChunks(torch.nn.Module):
             if chunk.post_process:
                 found.append(chunk.output_layer.weight)
         return found
+
+    def written_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """Named parameters without tied copies: each full-model tensor once."""
+        for name, param in self.named_parameters():
+            if role_of(param).tied_copy_of is None:
+                yield name, param

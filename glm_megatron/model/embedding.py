@@ -7,24 +7,19 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state as mpu
-from megatron.core import tensor_parallel
 
 from ..config import GLMConfig
-from ..parallel.random import tensor_parallel_rng
+from ..parallel.context import ParallelContext
 from ..parallel.sequence import split_sequence
-from .layers import mark_partitioned, no_init
+from .layers import VocabParallelEmbedding
 
 
 class Embedding(torch.nn.Module):
-    def __init__(self, config: GLMConfig, mp):
+    def __init__(self, config: GLMConfig, ctx: ParallelContext, sequence_parallel: bool = False):
         super().__init__()
         self.dropout = config.hidden_dropout
-        self.sequence_parallel = mp.glm_sequence_parallel
-        self.word_embeddings = tensor_parallel.VocabParallelEmbedding(
-            config.vocab_size, config.hidden_size, init_method=no_init, config=mp,
-            tp_group=mpu.get_tensor_model_parallel_group())
-        mark_partitioned(self.word_embeddings.weight, 0)
+        self.ctx, self.sequence_parallel = ctx, sequence_parallel
+        self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size, ctx)
         self.position_embeddings = self.block_position_embeddings = None
         if config.position_embedding_type == "learned_absolute":
             self.position_embeddings = torch.nn.Embedding(
@@ -43,8 +38,9 @@ class Embedding(torch.nn.Module):
             embeddings = embeddings + self.block_position_embeddings(block_position_ids)
         embeddings = embeddings.transpose(0, 1).contiguous()
         if self.sequence_parallel:
-            embeddings = split_sequence(embeddings)
+            embeddings = split_sequence(embeddings, self.ctx.tp_group)
         # Sequence shards differ across TP ranks, so their dropout masks must differ too.
-        rng = tensor_parallel_rng().fork() if self.sequence_parallel else contextlib.nullcontext()
+        rng = (self.ctx.rng.fork() if self.sequence_parallel and self.training and self.dropout
+               else contextlib.nullcontext())
         with rng:
             return F.dropout(embeddings, p=self.dropout, training=self.training)

@@ -13,15 +13,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from megatron.core import parallel_state as mpu
-from megatron.core import tensor_parallel
 
 from ..config import GLMConfig
+from ..parallel.context import ParallelContext
+from ..parallel.param_roles import set_role
+from ..parallel.sequence import gather_sequence
 from .attention import glm_attention_mask
 from .embedding import Embedding
-from ..parallel.sequence import gather_sequence
-from .layers import SequenceParallelColumn, mark_partitioned, no_init
+from .layers import ColumnParallelLinear, vocab_parallel_cross_entropy
 from .options import ExecutionOptions
 from .rotary import RotaryEmbedding
 from .transformer import TransformerBlock
@@ -39,17 +38,18 @@ def split_position_ids(position_ids: torch.Tensor):
 class GLMModel(torch.nn.Module):
     """Embedding + transformer layers + final norm; returns hidden states."""
 
-    def __init__(self, config: GLMConfig, mp, tp_size: int,
+    def __init__(self, config: GLMConfig, ctx: ParallelContext,
                  options: ExecutionOptions = ExecutionOptions(),
                  layer_numbers: Optional[range] = None, pre_process: bool = True,
                  post_process: bool = True):
         super().__init__()
-        self.config, self.options = config, options
+        self.config, self.ctx, self.options = config, ctx, options
         self.pre_process, self.post_process = pre_process, post_process
-        self.embedding = Embedding(config, mp) if pre_process else None
+        sp = options.sequence_parallel
+        self.embedding = Embedding(config, ctx, sp) if pre_process else None
         self.rotary = RotaryEmbedding(config) if config.position_embedding_type == "rope" else None
         numbers = layer_numbers if layer_numbers is not None else range(config.num_layers)
-        self.decoder = TransformerBlock(config, mp, tp_size, numbers, post_process, options)
+        self.decoder = TransformerBlock(config, ctx, numbers, post_process, options)
 
     def hidden_states(self, tokens, position_ids, sep=None,
                       decoder_input: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -64,13 +64,13 @@ class GLMModel(torch.nn.Module):
 
 
 class GLMForCausalLM(GLMModel):
-    """GLM with the language-model head: vocab-parallel logits and cross entropy."""
+    """GLM with the language-model head: vocab-parallel logits and per-token cross entropy."""
 
-    def __init__(self, config: GLMConfig, mp, tp_size: int,
+    def __init__(self, config: GLMConfig, ctx: ParallelContext,
                  options: ExecutionOptions = ExecutionOptions(),
                  layer_numbers: Optional[range] = None, pre_process: bool = True,
                  post_process: bool = True):
-        super().__init__(config, mp, tp_size, options, layer_numbers, pre_process, post_process)
+        super().__init__(config, ctx, options, layer_numbers, pre_process, post_process)
         self.tied = not config.untie_embeddings_and_output_weights
         self.output_layer = None
         if post_process:
@@ -78,15 +78,11 @@ class GLMForCausalLM(GLMModel):
             # stage it keeps a copy, drawn identically and kept equal by summing both copies'
             # gradients over the embedding group (Megatron-LM's scheme).
             share = self.tied and pre_process
-            self.output_layer = SequenceParallelColumn(
-                config.hidden_size, config.vocab_size, config=mp, init_method=no_init,
-                tp_group=mpu.get_tensor_model_parallel_group(), bias=False,
-                gather_output=False, skip_weight_param_allocation=share)
-            if not share:
-                mark_partitioned(self.output_layer.weight, 0)
-                if self.tied:
-                    self.output_layer.weight.init_name = WORD_EMBEDDINGS
-                    self.output_layer.weight.shared_embedding_copy = True
+            self.output_layer = ColumnParallelLinear(
+                config.hidden_size, config.vocab_size, ctx, bias=False,
+                sequence_parallel=options.sequence_parallel, skip_weight_param_allocation=share)
+            if self.tied and not share:
+                set_role(self.output_layer.weight, tied_copy_of=WORD_EMBEDDINGS)
 
     def _head_weight(self):
         return self.embedding.word_embeddings.weight if self.tied and self.pre_process else None
@@ -98,37 +94,34 @@ class GLMForCausalLM(GLMModel):
         return logits
 
     def forward(self, batch: dict, decoder_input: Optional[torch.Tensor] = None):
-        """The masked mean cross entropy on the last stage; hidden states on earlier ones."""
+        """Per-token cross entropy [b, s] (fp32) of `batch["labels"]` on the last stage;
+        hidden states on earlier ones."""
         hidden = self.hidden_states(batch["tokens"], batch["position_ids"], batch.get("sep"),
                                     decoder_input)
         if not self.post_process:
             return hidden
         logits, _ = self.output_layer(hidden, weight=self._head_weight())
         labels = batch["labels"].transpose(0, 1).contiguous()
-        per_token = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
-        loss_mask = batch["loss_mask"].transpose(0, 1).float()
-        return (per_token * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
+        return vocab_parallel_cross_entropy(logits, labels, self.ctx.tp_group).transpose(0, 1)
 
 
 class GLMForSequenceClassification(GLMModel):
     """GLM with transformers' sequence-classification head: `score` applied to the rightmost
     token that is not padding (GlmForSequenceClassification's pooling)."""
 
-    def __init__(self, config: GLMConfig, mp, tp_size: int, num_labels: int, pad_token_id: int,
-                 options: ExecutionOptions = ExecutionOptions()):
-        super().__init__(config, mp, tp_size, options)
+    def __init__(self, config: GLMConfig, ctx: ParallelContext, num_labels: int,
+                 pad_token_id: int, options: ExecutionOptions = ExecutionOptions()):
+        super().__init__(config, ctx, options)
         self.pad_token_id = pad_token_id
         self.score = torch.nn.Linear(config.hidden_size, num_labels, bias=False)
 
-    def pooled_logits(self, tokens, position_ids, sep=None) -> torch.Tensor:
-        hidden = self.hidden_states(tokens, position_ids, sep)
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits [b, num_labels] of the rightmost non-pad token of each row."""
+        tokens = batch["tokens"]
+        hidden = self.hidden_states(tokens, batch["position_ids"], batch.get("sep"))
         if self.options.sequence_parallel:
-            hidden = gather_sequence(hidden, replicated_grad=True)
+            hidden = gather_sequence(hidden, self.ctx.tp_group, replicated_grad=True)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         last = (positions * (tokens != self.pad_token_id)).argmax(dim=-1)  # [b]
         pooled = hidden[last, torch.arange(tokens.shape[0], device=tokens.device)]
         return self.score(pooled)
-
-    def forward(self, batch: dict):
-        logits = self.pooled_logits(batch["tokens"], batch["position_ids"], batch.get("sep"))
-        return F.cross_entropy(logits.float(), batch["labels"])

@@ -1,105 +1,121 @@
 """Building blocks whose tensor parallelism lives in the layer, not in the model code.
 
-Linear layers are megatron-core's column/row-parallel layers; initialisation is done afterwards
-by `parallel.sharding.initialize_parameters`, so layers are built without drawing weights.
+Linear layers and the word embedding are megatron-core's tensor-parallel layers, given the
+context's TP group explicitly. Two things are added around them: device-agnostic sequence
+parallelism (megatron-core's own allocates CUDA buffers), and a local path for a context
+without process groups (megatron-core's mappings require a group even at size one), so a
+one-process model runs without torch.distributed. Layers are built without drawing weights;
+`parallel.sharding.initialize_parameters` fills them from their roles.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from megatron.core import ModelParallelConfig, tensor_parallel
-from megatron.core import parallel_state as mpu
 
 from ..config import GLMConfig
+from ..parallel.context import ParallelContext
+from ..parallel.param_roles import set_role
 from ..parallel.sequence import gather_sequence, split_sequence
 
 
-def model_parallel_config(tp_size: int, params_dtype: torch.dtype = torch.float32,
-                          sequence_parallel: bool = False) -> ModelParallelConfig:
-    config = ModelParallelConfig(
-        tensor_model_parallel_size=tp_size,
-        # megatron-core's own sequence-parallel path allocates CUDA buffers; the layers below
-        # add device-agnostic sequence-parallel communication around megatron-core's layers.
+def _megatron_config(ctx: ParallelContext) -> ModelParallelConfig:
+    return ModelParallelConfig(
+        tensor_model_parallel_size=ctx.tp_size,
+        # megatron-core's sequence-parallel path allocates CUDA buffers; the layers below add
+        # device-agnostic sequence-parallel communication around megatron-core's layers.
         sequence_parallel=False,
-        params_dtype=params_dtype,
+        params_dtype=torch.float32,
         use_cpu_initialization=True,  # allocate on the host, move to the device afterwards
         perform_initialization=False,  # weights are drawn by initialize_parameters
     )
-    config.glm_sequence_parallel = sequence_parallel and tp_size > 1
-    return config
 
 
-class SequenceParallelColumn(tensor_parallel.ColumnParallelLinear):
-    """Column-parallel linear that, under sequence parallelism, all-gathers its [s/tp] input
-    (and reduce-scatters the input gradient, so megatron-core's own all-reduce is disabled)."""
-
-    def __init__(self, *args, config: ModelParallelConfig, **kwargs):
-        sp = config.glm_sequence_parallel
-        super().__init__(*args, config=config, disable_grad_reduce=sp, **kwargs)
-        self.glm_sequence_parallel = sp
-
-    def forward(self, input_, weight=None):
-        if self.glm_sequence_parallel:
-            input_ = gather_sequence(input_)
-        return super().forward(input_, weight)
-
-
-class SequenceParallelRow(tensor_parallel.RowParallelLinear):
-    """Row-parallel linear whose all-reduced output is split back to this rank's [s/tp]
-    sequence shard under sequence parallelism (reduce-scatter in two steps)."""
-
-    def __init__(self, *args, config: ModelParallelConfig, **kwargs):
-        super().__init__(*args, config=config, **kwargs)
-        # The bias is added before the split, to every token: its gradient is complete here,
-        # unlike megatron-core's native path, which adds it to the shard.
-        self.glm_sequence_parallel = config.glm_sequence_parallel
-
-    def forward(self, input_):
-        output, bias = super().forward(input_)
-        if self.glm_sequence_parallel:
-            output = split_sequence(output)
-        return output, bias
-
-
-def no_init(_weight):
-    """Layers are built without drawing weights; initialize_parameters fills them."""
+def _no_init(_weight):
     return None
 
 
-def mark_partitioned(weight: torch.nn.Parameter, dim: int, stride: int = 1):
-    """Record how `weight` is split over TP ranks. megatron-core sets these attributes only when
-    it initialises the weight itself, which we skip."""
-    if not hasattr(weight, "tensor_model_parallel"):
-        tensor_parallel.set_tensor_model_parallel_attributes(weight, True, dim, stride)
+def _local_linear(x, weight, bias):
+    # The same operations as megatron-core's linear, so one process rounds like a TP group of 1.
+    out = torch.matmul(x, weight.t())
+    return out + bias if bias is not None else out
 
 
-def column_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *, bias: bool,
-                    stride: int = 1, init_std: float | None = None):
-    layer = SequenceParallelColumn(
-        in_features, out_features, config=mp, init_method=no_init, bias=bias,
-        tp_group=mpu.get_tensor_model_parallel_group(),
-        gather_output=False, stride=stride)
-    mark_partitioned(layer.weight, 0, stride)
-    _mark(layer, init_std)
-    return layer
+class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
+    """Output features split over TP ranks. Under sequence parallelism the [s/tp] input is
+    all-gathered (its gradient reduce-scattered, so megatron-core's all-reduce is disabled)."""
+
+    def __init__(self, in_features: int, out_features: int, ctx: ParallelContext, *,
+                 bias: bool, stride: int = 1, sequence_parallel: bool = False,
+                 init_std: float | None = None, skip_weight_param_allocation: bool = False):
+        super().__init__(in_features, out_features, config=_megatron_config(ctx),
+                         init_method=_no_init, bias=bias, gather_output=False, stride=stride,
+                         tp_group=ctx.tp_group, disable_grad_reduce=sequence_parallel,
+                         skip_weight_param_allocation=skip_weight_param_allocation)
+        # Not `sequence_parallel`: megatron-core's forward reads that name for its own path.
+        self.tp_group, self.sequence_sharded = ctx.tp_group, sequence_parallel
+        if self.weight is not None:
+            set_role(self.weight, partition=(0, stride), init_std=init_std)
+        if self.bias is not None:
+            set_role(self.bias, partition=(0, stride), init_constant=0.0)
+
+    def forward(self, input_, weight=None):
+        if self.sequence_sharded:
+            input_ = gather_sequence(input_, self.tp_group)
+        if self.tp_group is None:
+            return _local_linear(input_, self.weight if weight is None else weight, self.bias), None
+        return super().forward(input_, weight)
 
 
-def row_parallel(in_features: int, out_features: int, mp: ModelParallelConfig, *, bias: bool,
-                 init_std: float | None = None):
-    layer = SequenceParallelRow(
-        in_features, out_features, config=mp, init_method=no_init, bias=bias,
-        tp_group=mpu.get_tensor_model_parallel_group(),
-        input_is_parallel=True, skip_bias_add=False)
-    mark_partitioned(layer.weight, 1)
-    _mark(layer, init_std)
-    return layer
+class RowParallelLinear(tensor_parallel.RowParallelLinear):
+    """Input features split over TP ranks, output all-reduced; under sequence parallelism the
+    output is split back to this rank's [s/tp] shard (reduce-scatter in two steps)."""
+
+    def __init__(self, in_features: int, out_features: int, ctx: ParallelContext, *,
+                 bias: bool, sequence_parallel: bool = False, init_std: float | None = None):
+        super().__init__(in_features, out_features, config=_megatron_config(ctx),
+                         init_method=_no_init, bias=bias, input_is_parallel=True,
+                         skip_bias_add=False, tp_group=ctx.tp_group)
+        self.tp_group, self.sequence_sharded = ctx.tp_group, sequence_parallel
+        set_role(self.weight, partition=(1, 1), init_std=init_std)
+        if self.bias is not None:
+            # Added before the split, to every token: its gradient is complete on each rank,
+            # unlike megatron-core's native path, which adds it to the shard.
+            set_role(self.bias, init_constant=0.0)
+
+    def forward(self, input_):
+        if self.tp_group is None:
+            output = _local_linear(input_, self.weight, self.bias)
+        else:
+            output, _ = super().forward(input_)
+        if self.sequence_sharded:
+            output = split_sequence(output, self.tp_group)
+        return output, None
 
 
-def _mark(layer: torch.nn.Module, init_std: float | None):
-    if init_std is not None:
-        layer.weight.init_std = init_std
-    if getattr(layer, "bias", None) is not None:
-        layer.bias.init_constant = 0.0
+class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):
+    """Vocabulary rows split over TP ranks; lookups summed over TP."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, ctx: ParallelContext):
+        super().__init__(num_embeddings, embedding_dim, init_method=_no_init,
+                         config=_megatron_config(ctx), tp_group=ctx.tp_group)
+        self.tp_group = ctx.tp_group
+        set_role(self.weight, partition=(0, 1))
+
+    def forward(self, input_):
+        if self.tp_group is None:
+            return F.embedding(input_, self.weight)
+        return super().forward(input_)
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                                 tp_group) -> torch.Tensor:
+    """Per-token cross entropy of vocab-parallel logits [s, b, v/tp] against labels [s, b]."""
+    if tp_group is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
+                               reduction="none").view_as(labels)
+    return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
 
 
 def _norm_classes():
@@ -111,16 +127,16 @@ def _norm_classes():
         return torch.nn.LayerNorm, torch.nn.RMSNorm
 
 
-def norm(config: GLMConfig, mp: ModelParallelConfig) -> torch.nn.Module:
+def norm(config: GLMConfig, sequence_parallel: bool = False) -> torch.nn.Module:
     layer_norm, rms_norm = _norm_classes()
     if config.normalization == "RMSNorm":
         module = rms_norm(config.hidden_size, eps=config.norm_epsilon)
     else:
         module = layer_norm(config.hidden_size, eps=config.norm_epsilon)
-        module.bias.init_constant = 0.0
-    module.weight.init_constant = 1.0
+        set_role(module.bias, init_constant=0.0)
+    set_role(module.weight, init_constant=1.0)
     for param in module.parameters():
         # Under sequence parallelism a norm sees only this rank's tokens: its gradients are
         # partial sums that finalize_grads all-reduces over TP (as megatron-core marks them).
-        param.sequence_parallel = mp.glm_sequence_parallel
+        set_role(param, sequence_parallel=sequence_parallel)
     return module

@@ -10,21 +10,23 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GLMConfig
-from . import layers
+from ..parallel.context import ParallelContext
+from .layers import ColumnParallelLinear, RowParallelLinear
 
 
 class MLP(torch.nn.Module):
-    def __init__(self, config: GLMConfig, mp):
+    def __init__(self, config: GLMConfig, ctx: ParallelContext, sequence_parallel: bool = False):
         super().__init__()
         gated = config.gated_mlp
         self.activation = config.activation
         self.gelu_approximate = "tanh" if config.openai_gelu else "none"
-        self.linear_fc1 = layers.column_parallel(
-            config.hidden_size, config.ffn_hidden_size * (2 if gated else 1), mp,
-            bias=config.add_bias_linear, stride=2 if gated else 1)
-        self.linear_fc2 = layers.row_parallel(
-            config.ffn_hidden_size, config.hidden_size, mp, bias=config.add_bias_linear,
-            init_std=config.output_layer_init_std)
+        self.linear_fc1 = ColumnParallelLinear(
+            config.hidden_size, config.ffn_hidden_size * (2 if gated else 1), ctx,
+            sequence_parallel=sequence_parallel, bias=config.add_bias_linear,
+            stride=2 if gated else 1)
+        self.linear_fc2 = RowParallelLinear(
+            config.ffn_hidden_size, config.hidden_size, ctx, sequence_parallel=sequence_parallel,
+            bias=config.add_bias_linear, init_std=config.output_layer_init_std)
 
     def _gelu(self, x):
         return F.gelu(x, approximate=self.gelu_approximate)

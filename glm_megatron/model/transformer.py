@@ -13,25 +13,28 @@ import torch
 import torch.nn.functional as F
 
 from ..config import GLMConfig
+from ..parallel.context import ParallelContext
 from ..parallel.recompute import checkpoint
-from . import layers
 from .attention import SelfAttention
+from .layers import norm
 from .mlp import MLP
 from .options import ExecutionOptions
 
 
 class TransformerLayer(torch.nn.Module):
-    def __init__(self, config: GLMConfig, mp, tp_size: int, options: ExecutionOptions):
+    def __init__(self, config: GLMConfig, ctx: ParallelContext, options: ExecutionOptions):
         super().__init__()
         self.config = config
-        self.input_layernorm = layers.norm(config, mp)
+        sp = options.sequence_parallel
+        self.input_layernorm = norm(config, sp)
         self.self_attention = SelfAttention(
-            config, mp, tp_size, recompute_core=options.recompute_granularity == "selective")
-        self.pre_mlp_layernorm = layers.norm(config, mp)
-        self.mlp = MLP(config, mp)
+            config, ctx, sequence_parallel=sp,
+            recompute_core=options.recompute_granularity == "selective")
+        self.pre_mlp_layernorm = norm(config, sp)
+        self.mlp = MLP(config, ctx, sp)
         if config.post_sublayer_norms:
-            self.post_self_attn_layernorm = layers.norm(config, mp)
-            self.post_mlp_layernorm = layers.norm(config, mp)
+            self.post_self_attn_layernorm = norm(config, sp)
+            self.post_mlp_layernorm = norm(config, sp)
 
     def _residual_add(self, residual_in, normed_in, sublayer_out, post_norm):
         if post_norm is not None:
@@ -58,13 +61,13 @@ class TransformerBlock(torch.nn.Module):
     Keys are global ("0".."L-1"), so a pipeline stage's parameter names match the full model's.
     """
 
-    def __init__(self, config: GLMConfig, mp, tp_size: int, layer_numbers: Iterable[int],
+    def __init__(self, config: GLMConfig, ctx: ParallelContext, layer_numbers: Iterable[int],
                  final_norm: bool, options: ExecutionOptions):
         super().__init__()
-        self.options = options
+        self.options, self.rng = options, ctx.rng
         self.layers = torch.nn.ModuleDict(
-            {str(i): TransformerLayer(config, mp, tp_size, options) for i in layer_numbers})
-        self.final_layernorm = layers.norm(config, mp) if final_norm else None
+            {str(i): TransformerLayer(config, ctx, options) for i in layer_numbers})
+        self.final_layernorm = norm(config, options.sequence_parallel) if final_norm else None
 
     def _checkpoint_groups(self) -> list[tuple[list, bool]]:
         """Runs of consecutive layers and whether each run is recomputed (full granularity):
@@ -85,7 +88,7 @@ class TransformerBlock(torch.nn.Module):
                 for layer in group:
                     h = layer(h, rotary, rotary_tables, mask)
                 return h
-            hidden = checkpoint(run, hidden) if recompute and group else run(hidden)
+            hidden = checkpoint(self.rng, run, hidden) if recompute and group else run(hidden)
         if self.final_layernorm is not None:
             hidden = self.final_layernorm(hidden)
         return hidden

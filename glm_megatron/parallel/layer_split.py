@@ -1,4 +1,4 @@
-"""Which transformer layers each pipeline stage holds."""
+"""Which pipeline stages a rank holds, and which transformer layers each stage holds."""
 
 from __future__ import annotations
 
@@ -32,3 +32,8 @@ def stage_layer_ranges(num_layers: int, pp_size: int, first: Optional[int] = Non
         ranges.append(range(start, start + count))
         start += count
     return ranges
+
+
+def stage_indices(pp_rank: int, pp_size: int, virtual: int) -> list[int]:
+    """Model chunks of this rank: stages rank, rank + pp, ... (Megatron's interleaving)."""
+    return [pp_rank + v * pp_size for v in range(virtual)]

@@ -2,19 +2,22 @@
 
 Dropout outside tensor-parallel regions must draw the same mask on every TP rank (activations
 are replicated there); dropout on sharded activations (attention probabilities of this rank's
-heads) must differ across TP ranks. The default generator serves the first; `tensor_parallel_rng`
-swaps in a second, per-TP-rank generator state for the second, as Megatron-LM does on CUDA.
+heads) must differ across TP ranks. The default generator serves the first; a context's
+`TensorParallelRNG` swaps in a second, per-TP-rank generator state for the second, as
+Megatron-LM does on CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from . import state
+if TYPE_CHECKING:
+    from .context import ParallelContext
 
 # Megatron-LM's offsets: the TP-region seed is seed + 2718 + tp_rank, stages differ by 100.
 _TP_SEED_OFFSET = 2718
@@ -33,26 +36,29 @@ def _set_state(dev: torch.device, rng_state: torch.Tensor):
 
 
 class TensorParallelRNG:
-    def __init__(self):
+    """A second generator state on `device`, swapped in by `fork()`."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
         self._state: torch.Tensor | None = None
 
     def seed(self, seed: int):
-        dev = state.device()
-        saved = _get_state(dev)
-        torch.manual_seed(seed) if dev.type == "cpu" else torch.cuda.manual_seed(seed)
-        self._state = _get_state(dev)
-        _set_state(dev, saved)
+        saved = _get_state(self.device)
+        torch.manual_seed(seed) if self.device.type == "cpu" else torch.cuda.manual_seed(seed)
+        self._state = _get_state(self.device)
+        _set_state(self.device, saved)
 
     @contextlib.contextmanager
     def fork(self):
-        dev = state.device()
-        saved = _get_state(dev)
-        _set_state(dev, self._state)
+        if self._state is None:
+            raise RuntimeError("tensor-parallel dropout before seed_all(ctx, seed) was called")
+        saved = _get_state(self.device)
+        _set_state(self.device, self._state)
         try:
             yield
         finally:
-            self._state = _get_state(dev)
-            _set_state(dev, saved)
+            self._state = _get_state(self.device)
+            _set_state(self.device, saved)
 
     def state_dict(self):
         return {"state": self._state}
@@ -61,39 +67,31 @@ class TensorParallelRNG:
         self._state = sd["state"]
 
 
-_TP_RNG = TensorParallelRNG()
-
-
-def tensor_parallel_rng() -> TensorParallelRNG:
-    return _TP_RNG
-
-
-def set_random_seed(seed: int):
+def seed_all(ctx: "ParallelContext", seed: int):
     """Seed every generator a rank uses, from the run seed and the rank's place in the layout."""
-    stage_seed = seed + _PP_SEED_STRIDE * state.pp_rank()
+    stage_seed = seed + _PP_SEED_STRIDE * ctx.pp_rank
     random.seed(stage_seed)
     np.random.seed(stage_seed)
     torch.manual_seed(stage_seed)
-    if state.device().type == "cuda":
+    if ctx.device.type == "cuda":
         torch.cuda.manual_seed(stage_seed)
-    _TP_RNG.seed(stage_seed + _TP_SEED_OFFSET + state.tp_rank())
+    ctx.rng.seed(stage_seed + _TP_SEED_OFFSET + ctx.tp_rank)
 
 
-def rng_state_dict() -> dict:
-    dev = state.device()
+def rng_state_dict(ctx: "ParallelContext") -> dict:
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "device": _get_state(dev) if dev.type == "cuda" else None,
-        "tensor_parallel": _TP_RNG.state_dict(),
+        "device": _get_state(ctx.device) if ctx.device.type == "cuda" else None,
+        "tensor_parallel": ctx.rng.state_dict(),
     }
 
 
-def load_rng_state_dict(sd: dict):
+def load_rng_state_dict(ctx: "ParallelContext", sd: dict):
     random.setstate(sd["python"])
     np.random.set_state(sd["numpy"])
     torch.set_rng_state(sd["torch"])
-    if sd["device"] is not None and state.device().type == "cuda":
-        _set_state(state.device(), sd["device"])
-    _TP_RNG.load_state_dict(sd["tensor_parallel"])
+    if sd["device"] is not None and ctx.device.type == "cuda":
+        _set_state(ctx.device, sd["device"])
+    ctx.rng.load_state_dict(sd["tensor_parallel"])

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 
+import functools
+
 import torch.utils.checkpoint
 
-from .random import tensor_parallel_rng
+from .random import TensorParallelRNG
 
 
 @contextlib.contextmanager
-def _tp_rng_state(saved):
-    rng = tensor_parallel_rng()
+def _tp_rng_state(rng: TensorParallelRNG, saved):
     current = rng.state_dict()
     rng.load_state_dict(saved)
     try:
@@ -25,11 +26,13 @@ def _tp_rng_state(saved):
         rng.load_state_dict(current)
 
 
-def _contexts():
-    saved = tensor_parallel_rng().state_dict()
-    return contextlib.nullcontext(), _tp_rng_state(saved)
+def _contexts(rng: TensorParallelRNG):
+    return contextlib.nullcontext(), _tp_rng_state(rng, rng.state_dict())
 
 
-def checkpoint(function, *args):
+def checkpoint(rng: TensorParallelRNG, function, *args):
+    """Recompute `function(*args)` in the backward pass with the same default and
+    tensor-parallel (`rng`) generator states as its forward."""
     return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False,
-                                             preserve_rng_state=True, context_fn=_contexts)
+                                             preserve_rng_state=True,
+                                             context_fn=functools.partial(_contexts, rng))

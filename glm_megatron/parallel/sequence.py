@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 
 
 def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
@@ -35,12 +34,13 @@ class _GatherSequence(torch.autograd.Function):
     """[s/tp, ...] -> [s, ...]; backward reduce-scatters the (partial) gradient."""
 
     @staticmethod
-    def forward(ctx, x):
-        return _all_gather(x, mpu.get_tensor_model_parallel_group())
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _reduce_scatter(grad, mpu.get_tensor_model_parallel_group())
+        return _reduce_scatter(grad, ctx.group), None
 
 
 class _GatherSequenceReplicatedGrad(torch.autograd.Function):
@@ -48,31 +48,34 @@ class _GatherSequenceReplicatedGrad(torch.autograd.Function):
     gradient is already complete): backward keeps this rank's shard."""
 
     @staticmethod
-    def forward(ctx, x):
-        return _all_gather(x, mpu.get_tensor_model_parallel_group())
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _all_gather(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _own_shard(grad, mpu.get_tensor_model_parallel_group())
+        return _own_shard(grad, ctx.group), None
 
 
 class _SplitSequence(torch.autograd.Function):
     """[s, ...] (replicated) -> this rank's [s/tp, ...]; backward all-gathers."""
 
     @staticmethod
-    def forward(ctx, x):
-        return _own_shard(x, mpu.get_tensor_model_parallel_group())
+    def forward(ctx, x, group):
+        ctx.group = group
+        return _own_shard(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_gather(grad, mpu.get_tensor_model_parallel_group())
+        return _all_gather(grad, ctx.group), None
 
 
-def gather_sequence(x: torch.Tensor, replicated_grad: bool = False) -> torch.Tensor:
-    """All-gather sequence shards; `replicated_grad` when every TP rank computes the same
-    function of the result (a replicated head), so gradients need no reduction."""
-    return (_GatherSequenceReplicatedGrad if replicated_grad else _GatherSequence).apply(x)
+def gather_sequence(x: torch.Tensor, group, replicated_grad: bool = False) -> torch.Tensor:
+    """All-gather sequence shards over the TP `group`; `replicated_grad` when every TP rank
+    computes the same function of the result (a replicated head), so gradients need no
+    reduction."""
+    return (_GatherSequenceReplicatedGrad if replicated_grad else _GatherSequence).apply(x, group)
 
 
-def split_sequence(x: torch.Tensor) -> torch.Tensor:
-    return _SplitSequence.apply(x)
+def split_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    return _SplitSequence.apply(x, group)

@@ -1,25 +1,20 @@
 """How a tensor-parallel parameter maps to its full tensor, in both directions.
 
-megatron-core marks each sharded parameter with `partition_dim` and `partition_stride`. A stride
-of s means the full dimension is s equal blocks (e.g. SwiGLU's [gate; up]) and every rank holds
-its 1/tp slice of each block, so the local tensor is [gate_r; up_r]. One rule serves
-initialisation (same full weights at any TP size), checkpoint resharding and HF conversion.
+A sharded parameter's role records its `partition` (dim, stride). A stride of s means the full
+dimension is s equal blocks (e.g. SwiGLU's [gate; up]) and every rank holds its 1/tp slice of
+each block, so the local tensor is [gate_r; up_r]. One rule serves initialisation (same full
+weights at any TP size), checkpoint resharding and HF conversion.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
-
-def partition_spec(param: torch.Tensor) -> Optional[tuple[int, int]]:
-    """(dim, stride) of a tensor-parallel parameter, None for a replicated one."""
-    if not getattr(param, "tensor_model_parallel", False):
-        return None
-    return param.partition_dim, getattr(param, "partition_stride", 1)
+from .param_roles import role_of
 
 
 def shard(full: torch.Tensor, dim: int, stride: int, rank: int, size: int) -> torch.Tensor:
@@ -34,7 +29,7 @@ def unshard(shards: Sequence[torch.Tensor], dim: int, stride: int) -> torch.Tens
 
 
 def full_shape(param: torch.Tensor, tp_size: int) -> tuple[int, ...]:
-    spec = partition_spec(param)
+    spec = role_of(param).partition
     shape = list(param.shape)
     if spec is not None:
         shape[spec[0]] *= tp_size
@@ -53,26 +48,26 @@ def initialize_parameters(model: torch.nn.Module, seed: int, default_std: float,
     """Fill every parameter with the same full values a single-process run would draw.
 
     Biases start at zero, norm weights at one, everything else ~ N(0, std) where std is the
-    parameter's `init_std` attribute or `default_std`.
+    role's `init_std` or `default_std`.
     """
     for name, param in model.named_parameters():
-        init = getattr(param, "init_constant", None)
-        if init is not None:
-            param.fill_(init)
+        role = role_of(param)
+        if role.init_constant is not None:
+            param.fill_(role.init_constant)
             continue
-        std = getattr(param, "init_std", default_std)
+        std = role.init_std if role.init_std is not None else default_std
         full = torch.empty(full_shape(param, tp_size), dtype=torch.float32)
-        # `init_name` lets a copy (a tied head on the last pipeline stage) draw its original.
-        full.normal_(0.0, std, generator=_generator(seed, getattr(param, "init_name", name)))
-        spec = partition_spec(param)
+        # A tied copy (the head on the last pipeline stage) draws its original's values.
+        full.normal_(0.0, std, generator=_generator(seed, role.tied_copy_of or name))
+        spec = role.partition
         local = full if spec is None else shard(full, spec[0], spec[1], tp_rank, tp_size)
         param.copy_(local)
 
 
 def gather_full(tensor: torch.Tensor, param: torch.Tensor, group) -> torch.Tensor:
     """The full tensor from every TP rank's `tensor` (a shard laid out like `param`)."""
-    spec = partition_spec(param)
-    if spec is None:
+    spec = role_of(param).partition
+    if spec is None or group is None:
         return tensor
     shards = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
     dist.all_gather(shards, tensor.contiguous(), group=group)

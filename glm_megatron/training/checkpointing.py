@@ -26,10 +26,10 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 
 from ..parallel import random as prandom
-from ..parallel.sharding import partition_spec
+from ..parallel.context import ParallelContext
+from ..parallel.param_roles import role_of
 
 TRACKER = "latest_checkpointed_iteration.txt"
 METADATA = "metadata.json"
@@ -68,8 +68,8 @@ class TrainingState:
 
 
 def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler, config,
-                    args_dict: dict):
-    rank = dist.get_rank()
+                    args_dict: dict, ctx: ParallelContext):
+    rank = ctx.rank
     final = iteration_dir(root, state.iteration)
     staging = os.path.join(root, f".staging_iter_{state.iteration:07d}")
     if rank == 0:
@@ -78,22 +78,19 @@ def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler
         os.makedirs(os.path.join(staging, "rng"))
     dist.barrier()
 
-    tp, pp, pp_size = (mpu.get_tensor_model_parallel_rank(),
-                       mpu.get_pipeline_model_parallel_rank(),
-                       mpu.get_pipeline_model_parallel_world_size())
-    dp_rank = mpu.get_data_parallel_rank()
-    rank_dir = os.path.join(staging, _rank_dir(tp, pp, pp_size))
+    dp_rank = ctx.dp_rank
+    rank_dir = os.path.join(staging, _rank_dir(ctx.tp_rank, ctx.pp_rank, ctx.pp_size))
     if dp_rank == 0:
         os.makedirs(rank_dir, exist_ok=True)
         _write({
             "model": model.state_dict(),
-            "partition": {n: partition_spec(p) for n, p in model.named_parameters()},
+            "partition": {n: role_of(p).partition for n, p in model.named_parameters()},
             "opt_param_scheduler": scheduler.state_dict() if scheduler is not None else None,
         }, os.path.join(rank_dir, "model_optim_rng.pt"))
     dist.barrier()
     if optimizer is not None and (dp_rank == 0 or optimizer.distributed):
         _write(optimizer.state_dict(), os.path.join(rank_dir, f"optimizer_dp{dp_rank:03d}.pt"))
-    _write(prandom.rng_state_dict(), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
+    _write(prandom.rng_state_dict(ctx), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
     dist.barrier()
 
     if rank == 0:
@@ -101,8 +98,7 @@ def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler
             "format_version": FORMAT_VERSION,
             "iteration": state.iteration,
             "consumed_samples": state.consumed_samples,
-            "layout": {"tensor": mpu.get_tensor_model_parallel_world_size(),
-                       "pipeline": pp_size, "data": mpu.get_data_parallel_world_size()},
+            "layout": {"tensor": ctx.tp_size, "pipeline": ctx.pp_size, "data": ctx.dp_size},
             "config": config.to_dict(),
             "args": args_dict,
         }
@@ -164,25 +160,25 @@ def _load_scheduler(root: str, scheduler, saved: dict):
             "flags' schedule, or --use-checkpoint-opt_param-scheduler to keep its own") from None
 
 
-def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool = True,
-                    load_rng: bool = True, finetune: bool = False) -> TrainingState:
+def load_checkpoint(root: str, model, optimizer, scheduler, ctx: ParallelContext, *,
+                    load_optim: bool = True, load_rng: bool = True,
+                    finetune: bool = False) -> TrainingState:
     metadata = read_metadata(root)
     path = _resolve_dir(root, metadata["iteration"])
     layout = metadata["layout"]
-    here = (mpu.get_tensor_model_parallel_world_size(), mpu.get_pipeline_model_parallel_world_size())
+    here = (ctx.tp_size, ctx.pp_size)
     if (layout["tensor"], layout["pipeline"]) != here:
         raise CheckpointError(
             f"--load {root} was saved at TP={layout['tensor']} x PP={layout['pipeline']} but "
             f"this run is TP={here[0]} x PP={here[1]}; launch with the saved layout or reshard "
             f"it first: python tools/checkpoint/reshard.py --load-dir {root} --save-dir NEW "
             f"--target-tensor-parallel-size {here[0]} --target-pipeline-parallel-size {here[1]}")
-    tp, pp = mpu.get_tensor_model_parallel_rank(), mpu.get_pipeline_model_parallel_rank()
-    shard = torch.load(os.path.join(path, _rank_dir(tp, pp, here[1]), "model_optim_rng.pt"),
-                       map_location="cpu", weights_only=False)
+    rank_dir = os.path.join(path, _rank_dir(ctx.tp_rank, ctx.pp_rank, ctx.pp_size))
+    shard = torch.load(os.path.join(rank_dir, "model_optim_rng.pt"), map_location="cpu",
+                       weights_only=False)
     model.load_state_dict(shard["model"])
     if finetune:
         return TrainingState()
-    rank_dir = os.path.join(path, _rank_dir(tp, pp, here[1]))
     files = sorted(f for f in os.listdir(rank_dir) if f.startswith("optimizer_dp"))
     if load_optim and optimizer is not None and not files:
         raise CheckpointError(f"--load {root} holds weights only (no optimizer state: an imported "
@@ -192,7 +188,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool 
                                    for f in files])
     if scheduler is not None and shard["opt_param_scheduler"] is not None:
         _load_scheduler(root, scheduler, shard["opt_param_scheduler"])
-    rng_file = os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt")
+    rng_file = os.path.join(path, "rng", f"rank_{ctx.rank:05d}.pt")
     if load_rng and os.path.isfile(rng_file):
-        prandom.load_rng_state_dict(torch.load(rng_file, weights_only=False))
+        prandom.load_rng_state_dict(ctx, torch.load(rng_file, weights_only=False))
     return TrainingState(metadata["iteration"], metadata["consumed_samples"])

@@ -21,6 +21,9 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from ..parallel.context import all_reduce, group_size
+from ..parallel.param_roles import role_of
+
 DEFAULT_BUCKET_ELEMENTS = 40_000_000  # Megatron-LM's default bucket size
 
 
@@ -44,8 +47,8 @@ class GradientBuffer:
         deferred = [p for p in params if any(p is d for d in deferred_params)]
         self.params = [p for p in params if p.requires_grad and not any(p is d for d in deferred)]
         self.dp_group = dp_group
-        self.dp_size = dist.get_world_size(dp_group)
-        self.dp_rank = dist.get_rank(dp_group)
+        self.dp_size = group_size(dp_group)
+        self.dp_rank = dist.get_rank(dp_group) if dp_group is not None else 0
         self.shard_over_dp = shard_over_dp
         self.offsets: dict[torch.nn.Parameter, int] = {}
         self.buckets: list[Bucket] = []
@@ -153,11 +156,11 @@ class GradientBuffer:
 def all_reduce_sequence_parallel_grads(params: list[torch.nn.Parameter], tp_group):
     """Norms and row-parallel biases see one sequence shard per TP rank under sequence
     parallelism: their gradients are partial sums over the TP group."""
-    grads = [p.main_grad for p in params if getattr(p, "sequence_parallel", False)]
-    if not grads or dist.get_world_size(tp_group) == 1:
+    grads = [p.main_grad for p in params if role_of(p).sequence_parallel]
+    if not grads or group_size(tp_group) == 1:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=tp_group)
+    all_reduce(flat, tp_group)
     offset = 0
     for g in grads:
         g.copy_(flat[offset:offset + g.numel()].view_as(g))
@@ -168,4 +171,4 @@ def all_reduce_tied_embedding_grads(word_embeddings: list[torch.nn.Parameter], e
     """A tied head on the last pipeline stage holds a copy of the first stage's embedding:
     summing both copies' gradients keeps the copies identical (Megatron-LM's embedding group)."""
     for param in word_embeddings:
-        dist.all_reduce(param.main_grad, group=embedding_group)
+        all_reduce(param.main_grad, embedding_group)

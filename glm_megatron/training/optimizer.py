@@ -20,8 +20,9 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 
+from ..parallel.context import ParallelContext, all_reduce
+from ..parallel.param_roles import role_of
 from .grads import GradientBuffer
 
 
@@ -56,13 +57,11 @@ class DynamicLossScaler:
         self.scale, self._tracker, self._clean_steps = sd["scale"], sd["tracker"], sd["clean_steps"]
 
 
-def counts_for_norm(param: torch.Tensor) -> bool:
+def counts_for_norm(param: torch.Tensor, tp_rank: int) -> bool:
     """Count every parameter once in the global norm: replicated ones on TP rank 0 only, and
     tied embeddings on the first pipeline stage only."""
-    if getattr(param, "shared_embedding_copy", False):
-        return False
-    return (getattr(param, "tensor_model_parallel", False)
-            or mpu.get_tensor_model_parallel_rank() == 0)
+    role = role_of(param)
+    return role.tied_copy_of is None and (role.tensor_parallel or tp_rank == 0)
 
 
 @dataclass
@@ -109,10 +108,10 @@ def _sharded_segments(named, grads: GradientBuffer) -> tuple[list[Segment], list
 
 
 class MixedPrecisionAdamW:
-    def __init__(self, model: torch.nn.Module, grads: GradientBuffer, *, lr: float,
-                 weight_decay: float, betas: tuple[float, float], eps: float, clip_grad: float,
-                 loss_scaler: Optional[DynamicLossScaler] = None):
-        self.grads, self.clip_grad, self.loss_scaler = grads, clip_grad, loss_scaler
+    def __init__(self, model: torch.nn.Module, grads: GradientBuffer, ctx: ParallelContext, *,
+                 lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
+                 clip_grad: float, loss_scaler: Optional[DynamicLossScaler] = None):
+        self.grads, self.ctx, self.clip_grad, self.loss_scaler = grads, ctx, clip_grad, loss_scaler
         self.distributed = grads.shard_over_dp
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if self.distributed:
@@ -134,7 +133,7 @@ class MixedPrecisionAdamW:
         return loss * self.loss_scaler.scale if self.loss_scaler else loss
 
     def _global_grad_norm(self) -> float:
-        counted = [s.grad for s in self.segments if counts_for_norm(s.param)]
+        counted = [s.grad for s in self.segments if counts_for_norm(s.param, self.ctx.tp_rank)]
         device = self.grads.buffer.device
         # Per-tensor norms in the gradients' own dtype (one fused pass, as clip_grad_norm_
         # does), then the few hundred squares summed in float64: squaring float64 copies of
@@ -142,8 +141,8 @@ class MixedPrecisionAdamW:
         sq = (torch.stack(torch._foreach_norm(counted)).double().pow(2).sum().reshape(1)
               if counted else torch.zeros(1, dtype=torch.float64, device=device))
         if self.distributed:  # each DP rank holds a disjoint slice
-            dist.all_reduce(sq, group=mpu.get_data_parallel_group())
-        dist.all_reduce(sq, group=mpu.get_model_parallel_group())
+            all_reduce(sq, self.ctx.dp_group)
+        all_reduce(sq, self.ctx.model_parallel_group)
         return math.sqrt(sq.item()) if math.isfinite(sq.item()) else float("nan")
 
     @torch.no_grad()
@@ -184,7 +183,7 @@ class MixedPrecisionAdamW:
                 if s.master is not s.param:
                     s.param.copy_(s.master.view_as(s.param))
             return
-        dp_group = mpu.get_data_parallel_group()
+        dp_group = self.ctx.dp_group
         for bucket, shard in zip(self.grads.buckets, self.shards):
             # Gathered in the model's dtype: half the bytes of the fp32 masters under bf16/fp16,
             # and the same rounding as copying the masters in.

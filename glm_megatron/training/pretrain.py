@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state as mpu
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .. import arguments
@@ -28,30 +27,29 @@ from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
 from ..objectives import (BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
-from ..parallel import state
-from ..parallel.pipeline import PipelineSchedule
-from ..parallel.random import set_random_seed
+from ..parallel.context import ParallelContext, initialize_distributed, shutdown
+from ..parallel.random import seed_all
 from . import checkpointing
 from .checkpointing import TrainingState
-from .grads import GradientBuffer
+from .losses import language_model_loss
 from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
-from .optimizer import DynamicLossScaler, MixedPrecisionAdamW
-from .step import evaluate, train_step
+from .optimizer import DynamicLossScaler
+from .trainer import Trainer
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def log(text: str):
-    if state.is_rank_zero():
+    if not dist.is_initialized() or dist.get_rank() == 0:
         print_line(text)
 
 
-def _num_microbatches(args) -> int:
-    per_step = args.micro_batch_size * state.dp_size()
+def _num_microbatches(args, ctx: ParallelContext) -> int:
+    per_step = args.micro_batch_size * ctx.dp_size
     if args.global_batch_size % per_step:
         raise ConfigError(
             f"--global-batch-size {args.global_batch_size} is not divisible by "
-            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {state.dp_size()}; "
+            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {ctx.dp_size}; "
             f"use a multiple of {per_step}")
     return args.global_batch_size // per_step
 
@@ -164,23 +162,22 @@ def _scheduler(args, optimizer) -> OptimizerParamScheduler:
 @dataclass
 class Job:
     args: argparse.Namespace
+    ctx: ParallelContext
     config: GLMConfig
     model: ModelChunks
-    grads: GradientBuffer
-    optimizer: MixedPrecisionAdamW
+    trainer: Trainer
     scheduler: OptimizerParamScheduler
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
-    num_microbatches: int
-    pipeline: PipelineSchedule | None
     validation_batches: list | None = None  # made at the first evaluation, reused after
 
 
 def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
-    layout = state.initialize_parallel(args.tensor_model_parallel_size,
-                                       args.pipeline_model_parallel_size, args.device)
-    num_microbatches = _num_microbatches(args)
-    set_random_seed(args.seed)
+    ctx = initialize_distributed(args.tensor_model_parallel_size,
+                                 args.pipeline_model_parallel_size, args.device)
+    layout = ctx.layout
+    num_microbatches = _num_microbatches(args, ctx)
+    seed_all(ctx, args.seed)
     data_path, tokenizer = _resolve_data(args)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
@@ -200,7 +197,7 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
         num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
         tokenizer=tokenizer, sentence_end=sentence_end)
-    log(f"layout {layout} on {state.device()}, {num_microbatches} micro-batches of "
+    log(f"layout {layout} on {ctx.device}, {num_microbatches} micro-batches of "
         f"{args.micro_batch_size} x {collator.length} tokens per rank per iteration, objective "
         f"{args.objective}; data {' '.join(data_path)}; "
         f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
@@ -208,51 +205,46 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
 
     dtype = _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
     model = build_model_chunks(
-        config, args.seed, params_dtype=dtype, options=options, virtual_stages=virtual,
+        config, ctx, args.seed, params_dtype=dtype, options=options, virtual_stages=virtual,
         first_stage_layers=args.decoder_first_pipeline_num_layers,
         last_stage_layers=args.decoder_last_pipeline_num_layers)
-    grads = GradientBuffer(list(model.parameters()), mpu.get_data_parallel_group(),
-                           shard_over_dp=args.use_distributed_optimizer,
-                           deferred_params=tuple(model.tied_embedding_copies()))
     scaler = None
     if args.fp16:
         scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
                                    args.min_loss_scale, args.loss_scale_window, args.hysteresis,
                                    dynamic=args.loss_scale is None)
-    optimizer = MixedPrecisionAdamW(
-        model, grads, lr=args.lr, weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler)
+    trainer = Trainer(
+        model, ctx, num_microbatches=num_microbatches, loss_fn=language_model_loss, lr=args.lr,
+        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler,
+        distributed_optimizer=args.use_distributed_optimizer)
+    optimizer = trainer.optimizer
     scheduler = _scheduler(args, optimizer)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
-            args.load, model, optimizer, scheduler, load_optim=not args.no_load_optim,
+            args.load, model, optimizer, scheduler, ctx, load_optim=not args.no_load_optim,
             load_rng=not args.no_load_rng, finetune=args.finetune)
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
-    pipeline = None
-    if layout.pipeline > 1:
-        pipeline = PipelineSchedule(list(model.chunks), num_microbatches, virtual,
-                                    optimizer.scale_loss)
-    job = Job(args, config, model, grads, optimizer, scheduler, datasets, collator,
-              num_microbatches, pipeline)
+    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator)
     return job, progress
 
 
 def _loader(job: Job, split: int, consumed: int):
     return build_data_loader(job.datasets[split], job.collator, consumed,
-                             job.args.micro_batch_size, state.dp_rank(), state.dp_size(),
+                             job.args.micro_batch_size, job.ctx.dp_rank, job.ctx.dp_size,
                              seed=job.args.seed, split=split, num_workers=job.args.num_workers)
 
 
 def _save(job: Job, progress: TrainingState):
     if not job.args.save:
         return
-    checkpointing.save_checkpoint(job.args.save, progress, job.model, job.optimizer,
-                                  job.scheduler, job.config, vars(job.args))
+    checkpointing.save_checkpoint(job.args.save, progress, job.model, job.trainer.optimizer,
+                                  job.scheduler, job.config, vars(job.args), job.ctx)
     log(f"saved checkpoint at iteration {progress.iteration} to "
         f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
 
@@ -263,17 +255,18 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
     # The same validation samples (and masks) every time, so successive values are comparable:
     # read and collated once.
     if job.validation_batches is None:
-        count = job.args.eval_iters * job.num_microbatches
+        count = job.args.eval_iters * job.trainer.num_microbatches
         job.validation_batches = list(itertools.islice(_loader(job, 1, 0), count))
-    loss = evaluate(job.model, iter(job.validation_batches), job.args.eval_iters,
-                    job.num_microbatches, job.pipeline)
-    if state.is_rank_zero():
+    outputs = job.trainer.evaluate(iter(job.validation_batches), job.args.eval_iters)
+    loss = sum(output.mean_loss(job.ctx) for output in outputs) / len(outputs)
+    if job.ctx.is_rank_zero:
         logger.validation(progress.iteration, loss, progress.consumed_samples)
 
 
 def train(job: Job, progress: TrainingState) -> TrainingState:
     args = job.args
-    writer = open_tensorboard(args.tensorboard_dir) if state.is_rank_zero() else None
+    ctx = job.ctx
+    writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
     batches = iter(_loader(job, 0, progress.consumed_samples))
     # Counted over the rows the model runs: blank infilling's are longer than --seq-length.
@@ -284,23 +277,23 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
         _validate(job, logger, progress)
     while progress.iteration < stop_at:
         started = time.perf_counter()
-        loss, applied, grad_norm = train_step(job.model, job.grads, job.optimizer, batches,
-                                              job.num_microbatches, job.pipeline)
+        output, applied, grad_norm = job.trainer.train_step(batches)
+        loss = output.mean_loss(ctx)
         if applied:
             job.scheduler.step(1)
-        if state.device().type == "cuda":
+        if ctx.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
         progress.iteration += 1
         progress.consumed_samples += args.global_batch_size
-        if state.is_rank_zero():
-            scaler = job.optimizer.loss_scaler
+        if ctx.is_rank_zero:
+            scaler = job.trainer.optimizer.loss_scaler
             logger.iteration(
-                progress.iteration, loss=loss, lr=job.optimizer.param_groups[0]["lr"],
+                progress.iteration, loss=loss, lr=job.trainer.optimizer.param_groups[0]["lr"],
                 grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
                 elapsed=elapsed, consumed_samples=progress.consumed_samples,
                 batch_size=args.global_batch_size, tokens=tokens, flops=flops,
-                world_size=dist.get_world_size(), device=state.device())
+                world_size=ctx.world_size, device=ctx.device)
         if args.eval_interval and progress.iteration % args.eval_interval == 0:
             _validate(job, logger, progress)
         if args.save_interval and progress.iteration % args.save_interval == 0 and \
@@ -321,5 +314,5 @@ def pretrain(argv=None) -> TrainingState:
         job, progress = setup(args)
         return train(job, progress)
     finally:
-        state.shutdown()
+        shutdown()
 
