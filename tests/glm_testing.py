@@ -18,6 +18,27 @@ def tiny_config(preset: str, **overrides) -> GLMConfig:
     return GLMConfig(**values)
 
 
+def glm_config(**overrides):
+    """A tiny transformers GlmConfig (ChatGLM3/GLM-4 architecture)."""
+    from transformers import GlmConfig
+    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=128, rms_norm_eps=1e-5, pad_token_id=0,
+                  eos_token_id=1, rope_theta=10000.0 * 4, partial_rotary_factor=0.5)
+    values.update(overrides)
+    return GlmConfig(**values)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int):
+    """Every parameter random (norm weights around 1), so that no mapping error can hide."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        noise = torch.randn(p.shape, generator=g)
+        p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.05 * noise)
+    return model
+
+
 def make_batch(kind: str, batch: int = 2, seq: int = 16, seed: int = 0) -> dict:
     """A 'blank' batch (2D positions and sep, GLM's blank-infilling shape) or a 'causal' one."""
     g = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+from glm_testing import glm_config, randomize
 from multiprocess import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,26 +30,6 @@ def convert(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"convert.py {' '.join(args)} failed:\n{result.stderr}")
     return result
-
-
-def glm_config(**overrides):
-    from transformers import GlmConfig
-    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                  max_position_embeddings=128, rms_norm_eps=1e-5, pad_token_id=0,
-                  eos_token_id=1, rope_theta=10000.0 * 4, partial_rotary_factor=0.5)
-    values.update(overrides)
-    return GlmConfig(**values)
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int):
-    """Every parameter random (norm weights around 1), so that no mapping error can hide."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.05 * noise)
-    return model
 
 
 def fixed_batch() -> tuple[torch.Tensor, dict]:

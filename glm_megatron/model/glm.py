@@ -94,14 +94,25 @@ class GLMForCausalLM(GLMModel):
         return logits
 
     def forward(self, batch: dict, decoder_input: Optional[torch.Tensor] = None):
-        """Per-token cross entropy [b, s] (fp32) of `batch["labels"]` on the last stage;
-        hidden states on earlier ones."""
+        """On the last stage, fp32 cross entropies: of `labels` [b, s] at every position, or,
+        when the batch has `target_positions` and `target_ids` [b, n], of each target id at its
+        position ([b, n]: e.g. several candidate tokens scored at one position, without the
+        logits of any other position). Hidden states on earlier stages."""
         hidden = self.hidden_states(batch["tokens"], batch["position_ids"], batch.get("sep"),
                                     decoder_input)
         if not self.post_process:
             return hidden
+        if "target_positions" in batch:
+            if self.options.sequence_parallel:
+                raise ValueError("scoring chosen positions needs the whole sequence on every "
+                                 "rank; run without --sequence-parallel")
+            columns = torch.arange(hidden.shape[1], device=hidden.device)[:, None]
+            hidden = hidden[batch["target_positions"].t(), columns.t()]  # [n, b, h]
+            labels = batch["target_ids"]
+        else:
+            labels = batch["labels"]
         logits, _ = self.output_layer(hidden, weight=self._head_weight())
-        labels = batch["labels"].transpose(0, 1).contiguous()
+        labels = labels.transpose(0, 1).contiguous()
         return vocab_parallel_cross_entropy(logits, labels, self.ctx.tp_group).transpose(0, 1)
 
 
