@@ -14,7 +14,8 @@ Reads the noun database of Debian's `wordnet-base` package (/usr/share/wordnet/d
   them apart by meaning; the right answer sits at each index equally often.
 - LICENSE: WordNet's license, from the header of data.noun, which allows redistribution with
   this notice.
-A definition is a synset's gloss without its quoted usage examples. Words are the synset's
+A definition is a synset's gloss without its quoted usage examples; synsets whose definition
+has fewer than 3 or more than 30 words are left out. Words are the synset's
 first lemma, when it is a lower-case word of 3-14 letters that its definition does not
 contain. Train and valid synsets are disjoint. Every file is written beside its final name
 and renamed when all are complete, so a failed run leaves the old files in place.
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 SUPERSENSES = {5: "animal", 6: "artifact", 13: "food", 15: "location", 18: "person",
                20: "plant"}
 CHOICES = 4
+# Definitions of 3-30 words: every example fits in 128 tokens of the built-in tokenizer.
+MIN_WORDS, MAX_WORDS = 3, 30
 _WORD = re.compile(r"^[a-z]{3,14}$")
 _LICENSE_LINE = re.compile(r"^  +\d+ ?(.*?) *$")
 
@@ -71,7 +74,7 @@ def read_noun_database(path: str) -> tuple:
                 continue
             lemmas = tuple(fields[4:4 + 2 * int(fields[3], 16):2])
             definition = definition_of(gloss)
-            if len(definition.split()) >= 3:
+            if MIN_WORDS <= len(definition.split()) <= MAX_WORDS:
                 synsets.append(Synset(fields[0], supersense, lemmas, definition))
     return "\n".join(notice).strip() + "\n", synsets
 

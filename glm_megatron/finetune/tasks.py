@@ -186,12 +186,13 @@ def build_task(name: str, *, train_data: Optional[str] = None,
                          text_classification.pair)
     spec = superglue.TASKS[name]
     pattern_id = spec.check_pattern_id(pattern_id)
-    label_set = LabelSet(SINGLE_LABEL, spec.labels)
-    return LabelTask(name, label_set, spec.needs, spec.read_fields,
+    defaults = spec.verbalizer(pattern_id)
+    # GLM's verbalizers start with the space before the word (" Yes"); an override keeps it.
+    overrides = {label: " " + words.lstrip() if defaults[label][:1] == " " else words
+                 for label, words in parse_verbalizers(verbalizers, spec.labels).items()}
+    return LabelTask(name, LabelSet(SINGLE_LABEL, spec.labels), spec.needs, spec.read_fields,
                      lambda fields, record: spec.pattern(fields, pattern_id),
-                     {**spec.verbalizer(pattern_id), **parse_verbalizers(verbalizers,
-                                                                         spec.labels)},
-                     spec.pair)
+                     {**defaults, **overrides}, spec.pair)
 
 
 def _training_label_set(train_data: Optional[str], problem_type: Optional[str]) -> LabelSet:

@@ -2,8 +2,8 @@
 "label": ...}, the label a string, a number (regression) or a list of strings (multi-label).
 
 For the cloze head, `--pattern` is a template with `{text}`, `{text_pair}` and one `[MASK]`
-(default DEFAULT_PATTERN); where an example has no text_pair, `{text_pair}` and one space
-before it are left out. Each label's answer is the label itself unless `--verbalizer
+(default DEFAULT_PATTERN); where an example has no text_pair, `{text_pair}` is left out with
+one space next to it (before it, else after it). Each label's answer is the label itself unless `--verbalizer
 LABEL=WORDS` says otherwise. The sequence-classification head reads (text, text_pair).
 """
 
@@ -43,7 +43,7 @@ def pattern_parts(template: tuple, fields: dict, record: Record) -> list:
     if fields["text_pair"] is not None and "{text_pair}" not in template:
         raise FinetuneDataError(f"{record.where}: the example has a text_pair but --pattern has "
                                 "no {text_pair}; add {text_pair} to --pattern")
-    parts = []
+    parts, drop_space = [], False
     for item in template:
         if item == "{text}":
             parts.append(shortenable(fields["text"]))
@@ -52,8 +52,11 @@ def pattern_parts(template: tuple, fields: dict, record: Record) -> list:
                 parts.append(shortenable(fields["text_pair"]))
             elif parts and isinstance(parts[-1], str) and parts[-1][-1:].isspace():
                 parts[-1] = parts[-1][:-1]
+            else:
+                drop_space = True
         else:
-            parts.append(item)
+            parts.append(item[1:] if drop_space and item[:1].isspace() else item)
+            drop_space = False
     return parts
 
 
