@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from glm_megatron.finetune import (ClozeEncoder, EncodedCloze, FinetuneDataError, LabelSet,
+from glm_megatron.finetune import (ClozeEncoder, FinetuneDataError, LabelSet,
                                    MultiTokenClozeCollator, SequenceClassificationCollator,
                                    SequenceEncoder, SingleTokenClozeCollator, build_task,
                                    check_head, compute_metrics, max_num_choices,
@@ -469,6 +469,7 @@ def test_metrics_against_hand_computed_values():
     assert macro_f1(predictions, labels) == pytest.approx((2 / 3 + 1 / 2 + 4 / 5) / 3)
     # A class nobody predicts counts as F1 0; classes in neither side do not count.
     assert macro_f1([0, 0], [0, 1]) == pytest.approx((2 / 3 + 0) / 2)
+    assert macro_f1([0, 2], [0, 1]) == pytest.approx((1 + 0 + 0) / 3)
     assert mean_squared_error([1.0, 2.0, 4.0], [1.0, 3.0, 2.0]) == pytest.approx(5 / 3)
     # x = (1, 2, 3), y = (1, 3, 2): covariance 1/2 (times n), variances 2 and 2.
     assert pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)

@@ -117,9 +117,7 @@ class ClozeEncoder(_Encoder):
     def _answer(self, answer: str, head: str, spaced: bool) -> list:
         if not head:
             return self.pieces.start(answer.lstrip())
-        if spaced or answer[:1].isspace():
-            return self.pieces.continuation(" " + answer.lstrip())
-        return self.pieces.continuation(answer)
+        return self.pieces.continuation(" " + answer.lstrip() if spaced else answer)
 
     def _row_length(self, parts: tuple, example: ClozeExample) -> int:
         part_a, _, answers = self._encode(parts, example.answers)

@@ -3,8 +3,9 @@
 
 For the cloze head, `--pattern` is a template with `{text}`, `{text_pair}` and one `[MASK]`
 (default DEFAULT_PATTERN); where an example has no text_pair, `{text_pair}` is left out with
-one space next to it (before it, else after it). Each label's answer is the label itself unless `--verbalizer
-LABEL=WORDS` says otherwise. The sequence-classification head reads (text, text_pair).
+one space next to it (before it, else after it). Each label's answer is the label itself
+unless `--verbalizer LABEL=WORDS` says otherwise. The sequence-classification head reads
+(text, text_pair).
 """
 
 from __future__ import annotations
