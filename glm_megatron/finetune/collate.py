@@ -45,42 +45,51 @@ def _check_fits(length: int, seq_length: int, index: int):
                          f"{seq_length}; encode with the same seq_length")
 
 
-def _check_choices(count: int, num_choices: int, index: int):
-    if count > num_choices:
-        raise ValueError(f"example {index} has {count} choices, more than num_choices "
-                         f"{num_choices}; size num_choices with max_num_choices over all splits")
+def _rows(count: int, seq_length: int, pad: int) -> dict:
+    return {"tokens": np.full((count, seq_length), pad, dtype=np.int64),
+            "position_ids": np.zeros((count, 2, seq_length), dtype=np.int64)}
 
 
-def _part_a(out: dict, row: int, part_a: np.ndarray):
-    n = len(part_a)
-    out["tokens"][row, :n] = part_a
-    out["position_ids"][row, 0, :n] = np.arange(n)
-    out["sep"][row] = n
+def _place(out: dict, row: int, ids: np.ndarray):
+    """`ids` at the start of a row, at positions 0.. (block positions stay 0)."""
+    out["tokens"][row, :len(ids)] = ids
+    out["position_ids"][row, 0, :len(ids)] = np.arange(len(ids))
 
 
-class MultiTokenClozeCollator:
+class _ClozeCollator:
     def __init__(self, seq_length: int, num_choices: int, special_ids):
         self.seq_length, self.num_choices = seq_length, num_choices
         self.special = SpecialTokenIds.coerce(special_ids)
 
-    def __call__(self, examples: Sequence) -> dict:
-        b, c, s, pad = len(examples), self.num_choices, self.seq_length, self.special.pad
-        out = {"tokens": np.full((b * c, s), pad, dtype=np.int64),
-               "labels": np.full((b * c, s), pad, dtype=np.int64),
-               "loss_mask": np.zeros((b * c, s), dtype=np.float32),
-               "position_ids": np.zeros((b * c, 2, s), dtype=np.int64),
-               "sep": np.zeros(b * c, dtype=np.int64),
-               "choice_mask": np.zeros((b, c), dtype=bool),
-               "label": np.array([e.label for e in examples], dtype=np.int64),
-               "index": np.array([e.index for e in examples], dtype=np.int64)}
+    def _choice_fields(self, examples: Sequence) -> dict:
+        """choice_mask, label and index of a batch."""
+        mask = np.zeros((len(examples), self.num_choices), dtype=bool)
         for i, example in enumerate(examples):
-            _check_choices(len(example.answers), c, example.index)
-            out["choice_mask"][i, :len(example.answers)] = True
+            if len(example.answers) > self.num_choices:
+                raise ValueError(f"example {example.index} has {len(example.answers)} choices, "
+                                 f"more than num_choices {self.num_choices}; size num_choices "
+                                 "with max_num_choices over all splits")
+            mask[i, :len(example.answers)] = True
+        return {"choice_mask": mask,
+                "label": np.array([e.label for e in examples], dtype=np.int64),
+                "index": np.array([e.index for e in examples], dtype=np.int64)}
+
+
+class MultiTokenClozeCollator(_ClozeCollator):
+    def __call__(self, examples: Sequence) -> dict:
+        c, s = self.num_choices, self.seq_length
+        rows = len(examples) * c
+        out = {**_rows(rows, s, self.special.pad), "sep": np.zeros(rows, dtype=np.int64),
+               "labels": np.full((rows, s), self.special.pad, dtype=np.int64),
+               "loss_mask": np.zeros((rows, s), dtype=np.float32),
+               **self._choice_fields(examples)}
+        for i, example in enumerate(examples):
             n = len(example.part_a)
             for j, answer in enumerate(example.answers):
                 row, k = i * c + j, len(answer)
                 _check_fits(n + 1 + k, s, example.index)
-                _part_a(out, row, example.part_a)
+                _place(out, row, example.part_a)
+                out["sep"][row] = n
                 out["labels"][row, :n] = example.part_a
                 out["tokens"][row, n] = self.special.sop
                 out["tokens"][row, n + 1:n + 1 + k] = answer
@@ -92,32 +101,24 @@ class MultiTokenClozeCollator:
         return to_batch(out)
 
 
-class SingleTokenClozeCollator:
-    def __init__(self, seq_length: int, num_choices: int, special_ids):
-        self.seq_length, self.num_choices = seq_length, num_choices
-        self.special = SpecialTokenIds.coerce(special_ids)
-
+class SingleTokenClozeCollator(_ClozeCollator):
     def __call__(self, examples: Sequence) -> dict:
-        b, c, s, pad = len(examples), self.num_choices, self.seq_length, self.special.pad
-        out = {"tokens": np.full((b, s), pad, dtype=np.int64),
-               "position_ids": np.zeros((b, 2, s), dtype=np.int64),
-               "sep": np.zeros(b, dtype=np.int64),
-               "choice_token_ids": np.full((b, c), pad, dtype=np.int64),
-               "choice_mask": np.zeros((b, c), dtype=bool),
-               "label": np.array([e.label for e in examples], dtype=np.int64),
-               "index": np.array([e.index for e in examples], dtype=np.int64)}
+        out = {**_rows(len(examples), self.seq_length, self.special.pad),
+               "sep": np.zeros(len(examples), dtype=np.int64),
+               "choice_token_ids": np.full((len(examples), self.num_choices), self.special.pad,
+                                           dtype=np.int64),
+               **self._choice_fields(examples)}
         for i, example in enumerate(examples):
-            _check_choices(len(example.answers), c, example.index)
             if any(len(answer) != 1 for answer in example.answers):
                 raise ValueError(f"example {example.index} has an answer that is not one "
                                  "token; encode with ClozeEncoder(single_token=True)")
             n = len(example.part_a)
-            _check_fits(n + 1, s, example.index)
-            _part_a(out, i, example.part_a)
+            _check_fits(n + 1, self.seq_length, example.index)
+            _place(out, i, example.part_a)
+            out["sep"][i] = n
             out["tokens"][i, n] = self.special.sop
             out["position_ids"][i, :, n] = (example.mask_position, 1)
             out["choice_token_ids"][i, :len(example.answers)] = [a[0] for a in example.answers]
-            out["choice_mask"][i, :len(example.answers)] = True
         out["answer_position"] = out["sep"].copy()
         return to_batch(out)
 
@@ -140,14 +141,10 @@ class SequenceClassificationCollator:
         return np.array(labels, dtype=np.int64)
 
     def __call__(self, examples: Sequence) -> dict:
-        b, s = len(examples), self.seq_length
-        out = {"tokens": np.full((b, s), self.special.pad, dtype=np.int64),
-               "position_ids": np.zeros((b, 2, s), dtype=np.int64),
+        out = {**_rows(len(examples), self.seq_length, self.special.pad),
                "label": self._labels(examples),
                "index": np.array([e.index for e in examples], dtype=np.int64)}
         for i, example in enumerate(examples):
-            n = len(example.tokens)
-            _check_fits(n, s, example.index)
-            out["tokens"][i, :n] = example.tokens
-            out["position_ids"][i, 0, :n] = np.arange(n)
+            _check_fits(len(example.tokens), self.seq_length, example.index)
+            _place(out, i, example.tokens)
         return to_batch(out)
