@@ -528,6 +528,9 @@ def test_bad_data_files(tmp_path):
     for text, split, message in cases:
         with pytest.raises(FinetuneDataError, match=message):
             task.cloze_examples(bad_file(tmp_path, text), split)
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes('{"text": "a", "label": "y"}\n'.encode("utf-8-sig"))
+    assert task.cloze_examples(str(bom), "valid")[0].label == 1
     with pytest.raises(FinetuneDataError, match=r"missing\.jsonl: no such file"):
         task.cloze_examples(str(tmp_path / "missing.jsonl"), "train")
     with pytest.raises(FinetuneDataError, match=r"bad.jsonl line 2: missing field 'label'"):

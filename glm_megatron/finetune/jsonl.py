@@ -54,7 +54,7 @@ def read_json_lines(path: str) -> list[Record]:
     """Every non-blank line of `path` as a Record (at least one)."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not text
             lines = f.read().splitlines()
     except FileNotFoundError:
         raise FinetuneDataError(f"{path}: no such file; give the path of a JSON-lines data "
