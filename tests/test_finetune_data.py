@@ -451,6 +451,17 @@ def test_sequence_classification_batch(tokenizer, tmp_path):
         assert batch["label"].tolist() == [[1.0, 0.0], [1.0, 1.0]]
         assert batch["index"].tolist() == [0, 1] and set(batch) == {"tokens", "position_ids",
                                                                     "label", "index"}
+    examples = build_task("rte").sequence_examples(fixture("rte"), "valid")
+    with pytest.raises(FinetuneDataError, match=r"^rte: 3 of 3 examples are longer than "
+                       r"--seq-length 12 tokens .*; pass --truncate"):
+        SequenceEncoder(tokenizer, 12, prepend_cls=True).encode(examples, "rte")
+    cut = SequenceEncoder(tokenizer, 12, prepend_cls=True, truncate=True).encode(examples, "rte")
+    assert cut.num_truncated == 3
+    for encoded in cut.examples:  # both texts keep their start and their end-of-text token
+        ids = encoded.tokens.tolist()
+        assert len(ids) <= 12 and ids[0] == tokenizer.cls and ids.count(tokenizer.eod) == 2
+        assert ids[-1] == tokenizer.eod and ids.index(tokenizer.eod) > 1
+    assert tokenizer.detokenize(cut.examples[0].tokens).startswith("[CLS] The river")
     for labels, dtype in (([0.5, 2], "torch.float32"), (["x", "y"], "torch.int64")):
         path = write_lines(tmp_path / "p.jsonl", [{"text": "a", "label": v} for v in labels])
         task = build_task("text-classification", train_data=path)
@@ -624,6 +635,8 @@ def test_heads_each_task_allows():
                            rf"{name}: its answers are each example's own choices; use --head "
                            "cloze$"):
             check_head(build_task(name), "seq-cls")
+        with pytest.raises(FinetuneDataError, match=r"^--head seq-cls cannot score"):
+            build_task(name).sequence_examples(fixture("copa"), "train")
         check_head(build_task(name), "cloze")
     for name in ("boolq", "rte", "cb", "wic"):
         check_head(build_task(name), "cloze")
@@ -631,10 +644,12 @@ def test_heads_each_task_allows():
     task = build_task("text-classification",
                       train_data=os.path.join(WORDNET, "supersense_train.jsonl"))
     check_head(task, "cloze")
+    regression = build_task("text-classification", label_set=LabelSet("regression"))
     with pytest.raises(FinetuneDataError, match=r"--head cloze picks one label per example, "
                        "but the data is regression; use --head seq-cls"):
-        check_head(build_task("text-classification",
-                              label_set=LabelSet("regression")), "cloze")
+        check_head(regression, "cloze")
+    with pytest.raises(FinetuneDataError, match=r"--head cloze picks one label"):
+        regression.cloze_examples(os.path.join(WORDNET, "supersense_valid.jsonl"), "valid")
     with pytest.raises(FinetuneDataError, match=r"--head 'mlp': choose one of cloze, seq-cls"):
         check_head(task, "mlp")
     with pytest.raises(FinetuneDataError, match=r"--problem-type regression: --task rte is "):

@@ -43,8 +43,8 @@ def _labeled(record: Record, split: str) -> bool:
 
 
 class LabelTask:
-    """A classification task; `pattern(fields)` gives a cloze example's parts and `pair(fields)`
-    the (text, text_pair) of the sequence-classification head."""
+    """A classification task; `pattern(fields, record)` gives a cloze example's parts and
+    `pair(fields)` the (text, text_pair) of the sequence-classification head."""
 
     def __init__(self, name: str, label_set: LabelSet, needs: str,
                  read_fields: Callable[[Record], dict], pattern: Callable[[dict, Record], list],
@@ -67,6 +67,7 @@ class LabelTask:
             yield index, record, fields, label
 
     def cloze_examples(self, path: str, split: str) -> list:
+        check_head(self, "cloze")
         names = self.label_set.names
         answers = tuple(self.verbalizers[name] for name in names)
         return [ClozeExample(self._pattern(fields, record), answers,
@@ -113,8 +114,7 @@ class ChoiceTask:
         return examples + mirrored
 
     def sequence_examples(self, path: str, split: str) -> list:
-        raise FinetuneDataError(f"--task {self.name} has no sequence-classification form; use "
-                                "--head cloze")
+        check_head(self, "seq-cls")
 
 
 def max_num_choices(*example_lists: Sequence[ClozeExample]) -> int:

@@ -1,10 +1,12 @@
 """`--truncate`: cut an example's own text until its row fits.
 
 The longest shortenable part (the data, never the pattern's words, the mask or an answer)
-loses tokens from its end, the later part first on a tie, until the row fits; GLM cuts the
-last shortenable part of the longer of its two text segments, which for most patterns is the
-same part. A part is measured and cut with its own tokenization, and the row re-encoded after
-each cut, so a cut that tokenizes differently in context just leads to another round.
+loses tokens from its end, down to the length of the next longest at most, until the row fits,
+so long texts end up equally long, as GLM's cutting one token at a time from the longer of its
+two text segments does (GLM cuts the last shortenable part of that segment; here it is the
+longest part, the later one on a tie). A part is measured and cut with its own tokenization,
+and the row re-encoded after each cut, so a cut that tokenizes differently in context just
+leads to another round.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ def shorten(parts: tuple, row_length: Callable[[tuple], int], budget: int,
         if not sizes:
             return None
         size, i = max(sizes)
+        rivals = [n for n, j in sizes if j != i]
+        # As GLM, which takes one token at a time from the longer text: cut this part down to
+        # the next longest at most; parts of equal length share the cut.
+        below = size - max(rivals, default=0)
+        remove = min(excess, below) if below else -(-excess // (rivals.count(size) + 1))
         text = parts[i].text
-        cut = tokenizer.detokenize(tokenizer.tokenize(text)[:max(size - excess, 0)])
+        cut = tokenizer.detokenize(tokenizer.tokenize(text)[:size - remove])
         # Detokenized text is a prefix of the original; make sure every round shortens it.
         parts[i] = Text(cut if len(cut) < len(text) else text[:-1], shortenable=True)
