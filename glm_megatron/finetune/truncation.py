@@ -36,6 +36,6 @@ def shorten(parts: tuple, row_length: Callable[[tuple], int], budget: int,
         below = size - max(rivals, default=0)
         remove = min(excess, below) if below else -(-excess // (rivals.count(size) + 1))
         text = parts[i].text
-        cut = tokenizer.detokenize(tokenizer.tokenize(text)[:size - remove])
+        cut = tokenizer.detokenize(tokenizer.tokenize(text)[:max(size - remove, 0)])
         # Detokenized text is a prefix of the original; make sure every round shortens it.
         parts[i] = Text(cut if len(cut) < len(text) else text[:-1], shortenable=True)
