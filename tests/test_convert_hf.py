@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 
+from glm_testing import randomize
 from multiprocess import run_distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,16 +40,6 @@ def glm_config(**overrides):
                   eos_token_id=1, rope_theta=10000.0 * 4, partial_rotary_factor=0.5)
     values.update(overrides)
     return GlmConfig(**values)
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int):
-    """Every parameter random (norm weights around 1), so that no mapping error can hide."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        noise = torch.randn(p.shape, generator=g)
-        p.copy_(1.0 + 0.1 * noise if name.endswith("norm.weight") else 0.05 * noise)
-    return model
 
 
 def fixed_batch() -> tuple[torch.Tensor, dict]:
