@@ -16,13 +16,14 @@ _GLM = dict(
     hidden_dropout=0.1, attention_dropout=0.1,
 )
 
-# Generation 2: ChatGLM-6B / GLM-130B (2D RoPE on the two halves of the head, DeepNorm).
+# Generation 2: ChatGLM-6B (2D RoPE on the two halves of the head, DeepNorm, output tied to the
+# word embeddings as published).
 _CHATGLM = dict(
     normalization="LayerNorm", norm_epsilon=1e-5,
     position_embedding_type="rope", block_position_encoding=True, rotary_percent=0.5,
     rotary_interleaved=False, rotary_base=10000.0,
     activation="gelu", openai_gelu=True, add_bias_linear=True, add_qkv_bias=True,
-    untie_embeddings_and_output_weights=True,
+    untie_embeddings_and_output_weights=False,
     apply_residual_connection_post_layernorm=True, deepnorm=True,
     hidden_dropout=0.0, attention_dropout=0.0,
 )

@@ -26,5 +26,6 @@ class ChatGLMConfig(PretrainedConfig):
         self.eod_token_id = eod_token_id
         self.initializer_range = initializer_range
         self.use_cache = use_cache
-        kwargs.setdefault("tie_word_embeddings", False)  # ChatGLM-6B has its own lm_head
+        # Published ChatGLM-6B leaves tie_word_embeddings to transformers' default: tied.
+        kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(**kwargs)

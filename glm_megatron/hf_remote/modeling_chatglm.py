@@ -3,7 +3,8 @@
 LayerNorm transformer with DeepNorm residuals (the residual is the normalised input scaled by
 sqrt(2 * num_layers)), fused QKV interleaved per head [q_h; k_h; v_h], 2D rotary embeddings (the
 first half of each head rotates with the position ids, the second half with the block position
-ids, halves rotated), tanh GeLU MLP and a separate lm_head. Inputs follow blank infilling (see
+ids, halves rotated), tanh GeLU MLP and an output layer tied to the word embeddings, as published
+(an untied export has its own lm_head). Inputs follow blank infilling (see
 blank_infilling.py): pass `position_ids` [b, 2, s] and `attention_mask` = sep [b], or let them
 be derived from the input ids (Part B starts at the first sop token, the config's bos). `labels`
 are shifted inside, as in the published ChatGLM-6B (the target of position t is label t + 1).
@@ -154,7 +155,10 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     def __init__(self, config: ChatGLMConfig):
         super().__init__(config)
         self.transformer = ChatGLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # Published ChatGLM-6B ties its head to the word embeddings (tie_word_embeddings absent,
+        # i.e. True); an untied export has its own lm_head.
+        self.lm_head = (None if config.tie_word_embeddings else
+                        nn.Linear(config.hidden_size, config.vocab_size, bias=False))
         self.post_init()
 
     def get_input_embeddings(self):
@@ -171,7 +175,8 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
                 labels: Optional[torch.Tensor] = None, return_dict: Optional[bool] = None,
                 **kwargs):
         hidden = self.transformer(input_ids, position_ids, attention_mask).last_hidden_state
-        logits = self.lm_head(hidden)
+        head = self.transformer.word_embeddings if self.lm_head is None else self.lm_head
+        logits = F.linear(hidden, head.weight)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
