@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from . import objectives
 from .config import ConfigError, GLMConfig
-from .presets import PRESETS, preset_names
+from .presets import PRESETS, PRETRAINING_RECIPES, preset_names
 
 DEFAULT_PRESET = "glm4-small"
 # Where the built-in run (no --data-path) writes when --save / --tensorboard-dir are not given.
@@ -65,9 +65,11 @@ def _model_args(parser: argparse.ArgumentParser):
 def _training_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("training")
     g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
-                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: [gMASK] + <sop> "
-                        "generation (ChatGLM-6B); blank-infilling: GLM's autoregressive blank "
-                        "infilling")
+                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: a bidirectional "
+                        "prefix, [gMASK], then <sop> and the rest generated (GLM's document-level "
+                        "blank with the span always the suffix); blank-infilling: GLM's "
+                        "autoregressive blank infilling (GLM and ChatGLM-6B were pretrained with "
+                        "it; a preset's published recipe sets it)")
     g.add_argument("--seq-length", type=int, default=256)
     g.add_argument("--micro-batch-size", type=int, default=4)
     g.add_argument("--global-batch-size", type=int, default=16)
@@ -169,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
+    the defaults of the flags it names, so explicit flags still win."""
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].model_preset
+    parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
+    args = parser.parse_args(argv)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:

@@ -40,7 +40,7 @@ _CHATGLM3 = dict(
 
 PRESETS: dict[str, dict] = {
     "glm-large": dict(_GLM, num_layers=24, hidden_size=1024, num_attention_heads=16,
-                      ffn_hidden_size=4096, max_position_embeddings=1025),
+                      ffn_hidden_size=4096, max_position_embeddings=513),
     "glm-10b": dict(_GLM, num_layers=48, hidden_size=4096, num_attention_heads=64,
                     ffn_hidden_size=16384, max_position_embeddings=1025),
     "chatglm-6b": dict(_CHATGLM, num_layers=28, hidden_size=4096, num_attention_heads=32,
@@ -75,3 +75,16 @@ PRESETS: dict[str, dict] = {
 
 def preset_names() -> list[str]:
     return sorted(PRESETS)
+
+
+# The published pretraining recipes (THUDM/GLM's config/ds_block_large.sh and ds_block_10B.sh;
+# ChatGLM-6B: GLM's blank infilling with task masks, per its maintainers, mixture unpublished):
+# defaults of the flags of the same names when the preset is chosen; explicit flags win.
+PRETRAINING_RECIPES: dict[str, dict] = {
+    "glm-large": dict(objective="blank-infilling", bert_prob=1.0, avg_block_length=3,
+                      prepend_cls=True, seq_length=512),
+    "glm-10b": dict(objective="blank-infilling", task_mask=True, bert_prob=0.5,
+                    gap_sentence_prob=0.3, avg_block_length=3, gpt_min_ratio=0.25,
+                    block_mask_prob=0.1, short_seq_prob=0.02, prepend_cls=True, seq_length=512),
+    "chatglm-6b": dict(objective="blank-infilling", task_mask=True),
+}
