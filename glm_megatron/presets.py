@@ -28,6 +28,20 @@ _CHATGLM = dict(
     hidden_dropout=0.0, attention_dropout=0.0,
 )
 
+# GLM-130B: as ChatGLM-6B's generation but 1D RoPE over the whole head (rotate-half), GeGLU with
+# the exact GeLU, ffn 32768 (see model/mlp.py for its half order), tied output, DeepNorm and the
+# embedding gradient shrink.
+_GLM130B = dict(
+    normalization="LayerNorm", norm_epsilon=1e-5,
+    position_embedding_type="rope", block_position_encoding=False, rotary_percent=1.0,
+    rotary_interleaved=False, rotary_base=10000.0,
+    activation="geglu", openai_gelu=False, add_bias_linear=True, add_qkv_bias=True,
+    untie_embeddings_and_output_weights=False,
+    apply_residual_connection_post_layernorm=True, deepnorm=True,
+    embedding_gradient_shrink_alpha=0.1,
+    hidden_dropout=0.0, attention_dropout=0.0,
+)
+
 # Generation 3: ChatGLM2/3 and GLM-4 (RMSNorm, SwiGLU, GQA, partial interleaved RoPE).
 _CHATGLM3 = dict(
     normalization="RMSNorm", norm_epsilon=1e-5,
@@ -45,6 +59,8 @@ PRESETS: dict[str, dict] = {
                     ffn_hidden_size=16384, max_position_embeddings=1025),
     "chatglm-6b": dict(_CHATGLM, num_layers=28, hidden_size=4096, num_attention_heads=32,
                        ffn_hidden_size=16384, max_position_embeddings=2048),
+    "glm-130b": dict(_GLM130B, num_layers=70, hidden_size=12288, num_attention_heads=96,
+                     ffn_hidden_size=32768, max_position_embeddings=2048),
     "chatglm3-6b": dict(_CHATGLM3, num_layers=28, hidden_size=4096, num_attention_heads=32,
                         num_query_groups=2, kv_channels=128, ffn_hidden_size=13696,
                         max_position_embeddings=8192),
@@ -61,6 +77,8 @@ PRESETS: dict[str, dict] = {
                      hidden_dropout=0.0, attention_dropout=0.0),
     "chatglm-6b-tiny": dict(_CHATGLM, num_layers=2, hidden_size=64, num_attention_heads=4,
                             ffn_hidden_size=256, max_position_embeddings=256),
+    "glm-130b-tiny": dict(_GLM130B, num_layers=2, hidden_size=64, num_attention_heads=4,
+                          ffn_hidden_size=128, max_position_embeddings=256),
     "chatglm3-tiny": dict(_CHATGLM3, num_layers=2, hidden_size=64, num_attention_heads=4,
                           num_query_groups=2, ffn_hidden_size=160, max_position_embeddings=256,
                           rotary_base=10000.0 * 4),

@@ -2,7 +2,8 @@
 
 GLM (learned 2D positions) and ChatGLM-6B (2D RoPE, DeepNorm) on blank-infilling rows made by
 our collator (several spans, `sep`, padding); ChatGLM2 and ChatGLM3 (multi-query attention,
-interleaved partial RoPE run by SAT's own Triton kernel, SwiGLU, RMSNorm) on causal inputs.
+interleaved partial RoPE run by SAT's own Triton kernel, SwiGLU, RMSNorm) on causal inputs;
+GLM-130B's GeGLU and 1D RoPE against SAT's own pieces.
 See sat_reference.py for how SAT is installed and mapped.
 """
 
@@ -48,9 +49,13 @@ def causal_batch() -> dict:
     return {"tokens": tokens, "position_ids": torch.arange(SEQ).expand(2, SEQ).clone()}
 
 
-def ours_and_sat(kind: str, config):
+def build_model_for(config):
     from glm_megatron.model.builder import build_model
-    ours = randomize(build_model(config, seed=0), seed=5).eval()
+    return build_model(config, seed=0)
+
+
+def ours_and_sat(kind: str, config):
+    ours = randomize(build_model_for(config), seed=5).eval()
     sat = build_sat_model(kind, config)
     load_exactly(sat, to_sat_weights(kind, ours.state_dict(), config))
     return ours, sat
@@ -90,3 +95,33 @@ def test_causal_logits_equal_thudm(sat_world, kind, rotary_base):
     with torch.no_grad(), cpu_triton_launch():
         theirs = sat(input_ids=batch["tokens"], position_ids=batch["position_ids"])[0]
     assert_same_logits(our_logits(ours, batch), theirs)
+
+
+@torch.no_grad()
+def test_glm130b_geglu_and_rotary_equal_thudm(sat_world):
+    """GLM-130B's pieces from SAT's glm130B_model (its full model is fp16/CUDA-only): GeGLU as
+    x1 * gelu(x2) with the exact GeLU, and 1D RoPE (rotate-half) over the whole head."""
+    import importlib
+    sat_130b = importlib.import_module("sat.model.official.glm130B_model")
+    config = tiny_config("glm-130b-tiny")
+    ours = randomize(build_model_for(config), seed=9).eval()
+    g = torch.Generator().manual_seed(2)
+    mlp = ours.decoder.layers["0"].mlp
+    x = torch.randn(SEQ, 2, config.hidden_size, generator=g)
+    # GLM-130B's dense_h_to_4h holds [linear; activated]: our fc1 with its halves exchanged.
+    w1, b1 = mlp.linear_fc1.weight, mlp.linear_fc1.bias
+    ffn = config.ffn_hidden_size
+    swapped_w, swapped_b = torch.cat([w1[ffn:], w1[:ffn]]), torch.cat([b1[ffn:], b1[:ffn]])
+    hidden = sat_130b.GEGLU()(torch.nn.functional.linear(x, swapped_w, swapped_b))
+    theirs = torch.nn.functional.linear(hidden, mlp.linear_fc2.weight, mlp.linear_fc2.bias)
+    torch.testing.assert_close(mlp(x), theirs, rtol=0, atol=1e-6)
+
+    head_dim = config.kv_channels
+    rotary = sat_130b.RotaryEmbedding(head_dim, base=10000, precision=torch.float,
+                                      learnable=False, device=torch.device("cpu"))
+    q = torch.randn(SEQ, 2, config.num_attention_heads, head_dim, generator=g)
+    positions = torch.randint(0, SEQ, (2, SEQ), generator=g)
+    cos, sin = rotary(q, seq_len=int(positions.max()) + 1)
+    theirs_q, _ = sat_130b.apply_rotary_pos_emb_index(q, q, cos, sin, positions.t().contiguous())
+    tables = ours.rotary(positions, None, q.dtype)
+    torch.testing.assert_close(ours.rotary.apply(q, tables), theirs_q, rtol=0, atol=1e-6)

@@ -34,6 +34,18 @@ def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
     return (causal[None] | part_a)[:, None]
 
 
+def deepnorm_qkv_stds(config: GLMConfig) -> torch.Tensor:
+    """Per-row init std of the fused QKV (rows grouped per query group) under DeepNorm: Xavier
+    normal for Q and K, scaled by (2N)^-1/2 for V (GLM-130B)."""
+    h = config.hidden_size
+    q = config.xavier_normal_std(h, config.query_projection_size, False)
+    k = config.xavier_normal_std(h, config.kv_projection_size, False)
+    v = config.xavier_normal_std(h, config.kv_projection_size, True)
+    per_group = config.num_attention_heads // config.num_query_groups
+    group = torch.tensor([q] * per_group + [k, v]).repeat_interleave(config.kv_channels)
+    return group.repeat(config.num_query_groups)
+
+
 class SelfAttention(torch.nn.Module):
     def __init__(self, config: GLMConfig, mp, tp_size: int, recompute_core: bool = False):
         super().__init__()
@@ -43,11 +55,15 @@ class SelfAttention(torch.nn.Module):
         self.dropout = config.attention_dropout
         self.recompute_core = recompute_core
         qkv_size = config.query_projection_size + 2 * config.kv_projection_size
+        proj_std = (config.xavier_normal_std(config.query_projection_size, config.hidden_size,
+                                             True)
+                    if config.deepnorm else config.output_layer_init_std)
         self.linear_qkv = layers.column_parallel(
-            config.hidden_size, qkv_size, mp, bias=config.add_bias_linear or config.add_qkv_bias)
+            config.hidden_size, qkv_size, mp, bias=config.add_bias_linear or config.add_qkv_bias,
+            init_std=deepnorm_qkv_stds(config) if config.deepnorm else None)
         self.linear_proj = layers.row_parallel(
             config.query_projection_size, config.hidden_size, mp, bias=config.add_bias_linear,
-            init_std=config.output_layer_init_std)
+            init_std=proj_std)
 
     def _core_attention(self, query, key, value, mask):
         """[s, b, heads, d] in, [s, b, heads * d] out: the part selective recompute redoes."""

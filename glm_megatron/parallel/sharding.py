@@ -53,7 +53,8 @@ def initialize_parameters(model: torch.nn.Module, seed: int, default_std: float,
     """Fill every parameter with the same full values a single-process run would draw.
 
     Biases start at zero, norm weights at one, everything else ~ N(0, std) where std is the
-    parameter's `init_std` attribute or `default_std`.
+    parameter's `init_std` attribute (a number, or one per row of the full tensor) or
+    `default_std`.
     """
     for name, param in model.named_parameters():
         init = getattr(param, "init_constant", None)
@@ -63,7 +64,11 @@ def initialize_parameters(model: torch.nn.Module, seed: int, default_std: float,
         std = getattr(param, "init_std", default_std)
         full = torch.empty(full_shape(param, tp_size), dtype=torch.float32)
         # `init_name` lets a copy (a tied head on the last pipeline stage) draw its original.
-        full.normal_(0.0, std, generator=_generator(seed, getattr(param, "init_name", name)))
+        generator = _generator(seed, getattr(param, "init_name", name))
+        if isinstance(std, torch.Tensor):  # one std per row of the full tensor (DeepNorm's QKV)
+            full.normal_(0.0, 1.0, generator=generator).mul_(std.view(-1, *[1] * (full.dim() - 1)))
+        else:
+            full.normal_(0.0, std, generator=generator)
         spec = partition_spec(param)
         local = full if spec is None else shard(full, spec[0], spec[1], tp_rank, tp_size)
         param.copy_(local)
