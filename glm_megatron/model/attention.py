@@ -19,19 +19,22 @@ from ..parallel.recompute import checkpoint
 from . import layers
 
 
-def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
-                       device: torch.device) -> Optional[torch.Tensor]:
-    """Boolean mask [b, 1, s, s] (True = may attend) or None for plain causal attention.
+def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int, device: torch.device,
+                       past_length: int = 0) -> Optional[torch.Tensor]:
+    """Boolean mask [b (or 1), 1, s, past + s] (True = may attend) for `seq_len` new tokens after
+    `past_length` cached ones, or None for plain causal attention without a cache.
 
     GLM: every token sees the first `sep` tokens of its sample (Part A, bidirectional) and the
     tokens up to itself (Part B, causal).
     """
-    if sep is None:
+    if sep is None and past_length == 0:
         return None
-    rows = torch.arange(seq_len, device=device)
-    causal = rows[None, :] <= rows[:, None]
-    part_a = rows[None, None, :] < sep.to(device)[:, None, None]
-    return (causal[None] | part_a)[:, None]
+    rows = torch.arange(past_length, past_length + seq_len, device=device)
+    cols = torch.arange(past_length + seq_len, device=device)
+    causal = (cols[None, :] <= rows[:, None])[None]
+    if sep is None:
+        return causal[:, None]
+    return (causal | (cols[None, None, :] < sep.to(device)[:, None, None]))[:, None]
 
 
 def deepnorm_qkv_stds(config: GLMConfig) -> torch.Tensor:
@@ -77,8 +80,10 @@ class SelfAttention(torch.nn.Module):
                 enable_gqa=self.queries_per_group > 1)
         return context.permute(2, 0, 1, 3).reshape(seq, batch, -1)
 
-    def forward(self, hidden: torch.Tensor, rotary, rotary_tables,
-                mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rotary, rotary_tables, mask: Optional[torch.Tensor],
+                kv_cache=None) -> torch.Tensor:
+        """`kv_cache` (a model.kv_cache.LayerKVCache): attend over the cached tokens too, and
+        add this call's keys and values to it."""
         qkv, _ = self.linear_qkv(hidden)  # under sequence parallelism: the full sequence
         seq, batch = qkv.shape[:2]
         qkv = qkv.view(seq, batch, self.local_groups, self.queries_per_group + 2, self.head_dim)
@@ -87,6 +92,8 @@ class SelfAttention(torch.nn.Module):
         if rotary is not None:
             query = rotary.apply(query, rotary_tables)
             key = rotary.apply(key, rotary_tables)
+        if kv_cache is not None:
+            key, value = kv_cache.append(key, value)
         if self.recompute_core and self.training:
             context = checkpoint(self._core_attention, query, key, value, mask)
         else:
