@@ -181,3 +181,28 @@ def fill_blanks(model: torch.nn.Module, tokenizer: GLMTokenizer, text: str,
     spans = generate_spans(model, tokenizer, part_a, blanks, max_span_tokens, sampling,
                            use_cache)
     return [tokenizer.detokenize(span) for span in spans]
+
+
+@torch.no_grad()
+def generate_causal(model: torch.nn.Module, prompt: list[int], max_new_tokens: int,
+                    sampling: Sampling = Sampling(), use_cache: bool = True,
+                    end_tokens: tuple = ()) -> list[int]:
+    """Left-to-right continuation of `prompt` (causal attention, 1D positions) for models
+    pretrained with --objective causal; stops after max_new_tokens or at an end token."""
+    check_positions(model.config, len(prompt) + max_new_tokens, 0)
+    device = next(model.parameters()).device
+    cache = KVCache() if use_cache else None
+    generator = sampling.generator()
+    tokens, new = list(prompt), list(prompt)
+    while len(tokens) - len(prompt) < max_new_tokens:
+        start = len(tokens) - len(new) if use_cache else 0
+        ids = torch.tensor([new if use_cache else tokens], device=device)
+        positions = torch.arange(start, len(tokens), device=device)[None]
+        logits = model.logits(ids, positions, None, cache)[-1, 0]
+        token = next_token(logits, sampling, generator)
+        if token in end_tokens:
+            break
+        tokens.append(token)
+        new = [token]
+    return tokens[len(prompt):]
+

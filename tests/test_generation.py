@@ -164,3 +164,31 @@ def test_bad_input_is_one_clear_line(glm_checkpoint, args, message):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
     assert result.stdout == ""
+
+
+def native_glm_twin(model, config):
+    """transformers' GlmForCausalLM with our model's weights, through the export's mapping."""
+    from transformers import GlmConfig, GlmForCausalLM
+    from glm_megatron.convert.layouts import LAYOUTS, SpecialTokens
+    from glm_megatron.convert.mapping import to_hf_state_dict
+    from glm_megatron.convert.schema import Head
+    layout = LAYOUTS["glm"]
+    hf_config = layout.config_to_hf(config, Head(), SpecialTokens(pad=0), torch.float32)
+    twin = GlmForCausalLM(GlmConfig(**hf_config)).eval()
+    twin.load_state_dict(to_hf_state_dict(layout, model.state_dict(), config, Head()))
+    return twin
+
+
+def test_causal_generation_equals_transformers_generate(single_process_world):
+    from glm_megatron.generation import generate_causal
+    from glm_megatron.model.builder import build_model
+    config = tiny_config("chatglm3-tiny")
+    model = randomize(build_model(config, seed=0), seed=8).eval()
+    prompt = list(range(3, 20))
+    ours = generate_causal(model, prompt, 10)
+    assert ours == generate_causal(model, prompt, 10, use_cache=False)
+    twin = native_glm_twin(model, config)
+    with torch.no_grad():
+        theirs = twin.generate(torch.tensor([prompt]), max_new_tokens=10, min_new_tokens=10,
+                               do_sample=False, pad_token_id=0)
+    assert ours == theirs[0, len(prompt):].tolist()

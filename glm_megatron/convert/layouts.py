@@ -403,7 +403,7 @@ def _glm10b_to_hf(cfg: GLMConfig, head: Head, tokens: SpecialTokens, dtype) -> d
         "output_predict": True, "parallel_output": True, "checkpoint_activations": False,
         "checkpoint_num_layers": 1, "pool_token": "cls", "spell_length": None,
         "spell_func": "lstm",
-        **_blank_tokens_to_hf(tokens), "use_cache": False, "torch_dtype": DTYPE_NAMES[dtype],
+        **_blank_tokens_to_hf(tokens), "use_cache": True, "torch_dtype": DTYPE_NAMES[dtype],
     }
 
 
@@ -464,7 +464,7 @@ def _chatglm6b_to_hf(cfg: GLMConfig, head: Head, tokens: SpecialTokens, dtype) -
         "vocab_size": cfg.vocab_size, "max_sequence_length": cfg.max_position_embeddings,
         "layernorm_epsilon": cfg.norm_epsilon, "position_encoding_2d": True,
         "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
-        **_blank_tokens_to_hf(tokens), "use_cache": False, "torch_dtype": DTYPE_NAMES[dtype],
+        **_blank_tokens_to_hf(tokens), "use_cache": True, "torch_dtype": DTYPE_NAMES[dtype],
     }
 
 
@@ -513,7 +513,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            detect=lambda c: c.get("model_type") == "glm" and "num_layers" in c,
            config_from_hf=_glm10b_from_hf, config_to_hf=_glm10b_to_hf,
            unsupported=_glm10b_unsupported,
-           remote_code=("configuration_glm", "modeling_glm", "blank_infilling")),
+           remote_code=("configuration_glm", "modeling_glm", "blank_infilling",
+                        "blank_infilling_lm")),
     Layout("chatglm-6b", "ChatGLM-6B remote code (2D RoPE, DeepNorm)",
            (Rule((WORD_EMBEDDINGS,), ("transformer.word_embeddings.weight",)),),
            _CHATGLM6B_LAYER,
@@ -523,7 +524,8 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            config_from_hf=_chatglm6b_from_hf, config_to_hf=_chatglm6b_to_hf,
            unsupported=_chatglm6b_unsupported,
            ignorable=(r"transformer\.layers\.\d+\.attention\.rotary_emb\.inv_freq",),
-           remote_code=("configuration_chatglm", "modeling_chatglm", "blank_infilling")),
+           remote_code=("configuration_chatglm", "modeling_chatglm", "blank_infilling",
+                        "blank_infilling_lm")),
 )}
 
 

@@ -6,12 +6,14 @@ from transformers import PretrainedConfig
 
 class ChatGLMConfig(PretrainedConfig):
     model_type = "chatglm"
+    # transformers' caches and generation read the layer count under its usual name.
+    attribute_map = {"num_hidden_layers": "num_layers"}
 
     def __init__(self, vocab_size=150528, hidden_size=4096, num_layers=28,
                  num_attention_heads=32, layernorm_epsilon=1e-5, inner_hidden_size=16384,
                  max_sequence_length=2048, position_encoding_2d=True, mask_token_id=None,
                  smask_token_id=None, gmask_token_id=None, eod_token_id=None,
-                 initializer_range=0.02, use_cache=False, **kwargs):
+                 initializer_range=0.02, use_cache=True, **kwargs):
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
