@@ -143,7 +143,8 @@ class _Cached:
 def _logits(model, tokens, positions, blocks, sep, device, cache=None) -> torch.Tensor:
     ids = torch.tensor([tokens], device=device)
     position_ids = torch.tensor([[positions, blocks]], device=device)
-    return model.logits(ids, position_ids, torch.tensor([sep], device=device), cache)[:, 0]
+    return model.logits(ids, position_ids, torch.tensor([sep], device=device), cache,
+                        last_only=True)[:, 0]
 
 
 @torch.no_grad()
@@ -198,7 +199,7 @@ def generate_causal(model: torch.nn.Module, prompt: list[int], max_new_tokens: i
         start = len(tokens) - len(new) if use_cache else 0
         ids = torch.tensor([new if use_cache else tokens], device=device)
         positions = torch.arange(start, len(tokens), device=device)[None]
-        logits = model.logits(ids, positions, None, cache)[-1, 0]
+        logits = model.logits(ids, positions, None, cache, last_only=True)[-1, 0]
         token = next_token(logits, sampling, generator)
         if token in end_tokens:
             break

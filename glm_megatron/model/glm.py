@@ -93,10 +93,13 @@ class GLMForCausalLM(GLMModel):
     def _head_weight(self):
         return self.embedding.word_embeddings.weight if self.tied and self.pre_process else None
 
-    def logits(self, tokens, position_ids, sep=None, kv_cache=None) -> torch.Tensor:
-        """Vocab-parallel logits [s, b, vocab / tp] (single-stage models); see hidden_states for
-        `kv_cache`."""
+    def logits(self, tokens, position_ids, sep=None, kv_cache=None,
+               last_only: bool = False) -> torch.Tensor:
+        """Vocab-parallel logits [s, b, vocab / tp] (single-stage models), or [1, b, ...] for
+        the last position only (generation); see hidden_states for `kv_cache`."""
         hidden = self.hidden_states(tokens, position_ids, sep, kv_cache=kv_cache)
+        if last_only:
+            hidden = hidden[-1:]
         logits, _ = self.output_layer(hidden, weight=self._head_weight())
         return logits
 
