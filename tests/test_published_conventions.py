@@ -82,3 +82,23 @@ def test_fp16_rotary_frequencies_match_chatglm6b(single_process_world):
     (cos32, _), _ = RotaryEmbedding(tiny_config("chatglm-6b-tiny"))(positions, positions,
                                                                     torch.float32)
     assert not torch.equal(cos32, cos)  # the option is what makes them equal
+
+
+def test_published_chatglm6b_imports_with_its_fp16_angles_and_remote_code_keeps_them():
+    """A published chatglm-6b config.json (no key of ours) means the published code's fp16
+    angles; our export records the choice and our remote code computes the same tables."""
+    from glm_megatron.convert.layouts import LAYOUTS, SpecialTokens
+    from glm_megatron.convert.schema import Head
+    from glm_megatron.hf_remote.modeling_chatglm import RotaryEmbedding2D
+    from glm_megatron.model.rotary import RotaryEmbedding
+    from published_configs import tiny_published
+    layout = LAYOUTS["chatglm-6b"]
+    config = layout.config_from_hf(tiny_published("chatglm-6b"))[0]
+    assert config.rotary_fp16_frequencies
+    exported = layout.config_to_hf(config, Head(), SpecialTokens(), torch.float32)
+    assert exported["rotary_fp16_frequencies"] is True
+    positions = torch.arange(300)[None]
+    (ours, _), _ = RotaryEmbedding(config)(positions, positions, torch.float32)
+    remote, _ = RotaryEmbedding2D(config.rotary_dim, fp16_frequencies=True)(positions,
+                                                                            torch.float32)
+    torch.testing.assert_close(remote[0, 0], ours[:, 0, 0], rtol=0, atol=0)

@@ -448,6 +448,8 @@ def _chatglm6b_from_hf(c: dict) -> tuple[GLMConfig, Head, SpecialTokens]:
         # Published ChatGLM-6B sets no tie_word_embeddings: transformers' default (True) ties its
         # lm_head to the word embeddings, and the checkpoint saves the same tensor twice.
         untie_embeddings_and_output_weights=not c.get("tie_word_embeddings", True),
+        # Published ChatGLM-6B computes its rotary angles in fp16; our exports record the choice.
+        rotary_fp16_frequencies=bool(c.get("rotary_fp16_frequencies", True)),
         apply_residual_connection_post_layernorm=True, deepnorm=True)
     return cfg, Head(), _blank_tokens_from_hf(c)
 
@@ -464,6 +466,7 @@ def _chatglm6b_to_hf(cfg: GLMConfig, head: Head, tokens: SpecialTokens, dtype) -
         "vocab_size": cfg.vocab_size, "max_sequence_length": cfg.max_position_embeddings,
         "layernorm_epsilon": cfg.norm_epsilon, "position_encoding_2d": True,
         "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
+        "rotary_fp16_frequencies": cfg.rotary_fp16_frequencies,
         **_blank_tokens_to_hf(tokens), "use_cache": True, "torch_dtype": DTYPE_NAMES[dtype],
     }
 

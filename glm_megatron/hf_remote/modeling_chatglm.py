@@ -31,21 +31,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryEmbedding2D(nn.Module):
-    """cos/sin tables for one rotary half of the head (dim = head_dim / 2), base 10000.
+    """cos/sin tables for one rotary half of the head (dim = head_dim / 2), base 10000; with
+    `fp16_frequencies` the frequencies, positions and angles are fp16, as in the published
+    ChatGLM-6B code.
 
     The frequencies are computed per call rather than kept in a buffer: transformers 5 builds
     models on the meta device, which leaves non-persistent buffers uninitialised."""
 
-    def __init__(self, dim: int, base: float = 10000.0):
+    def __init__(self, dim: int, base: float = 10000.0, fp16_frequencies: bool = False):
         super().__init__()
         self.dim, self.base = dim, base
+        self.frequency_dtype = torch.float16 if fp16_frequencies else torch.float32
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
         # positions [b, s] -> cos, sin [b, 1, s, dim] broadcasting over heads.
         exponent = torch.arange(0, self.dim, 2, dtype=torch.float32,
                                 device=positions.device) / self.dim
-        inv_freq = 1.0 / (self.base ** exponent)
-        freqs = positions.float()[..., None] * inv_freq
+        inv_freq = (1.0 / (self.base ** exponent)).to(self.frequency_dtype)
+        freqs = positions.to(self.frequency_dtype)[..., None] * inv_freq
         freqs = torch.cat((freqs, freqs), dim=-1)
         return freqs.cos()[:, None].to(dtype), freqs.sin()[:, None].to(dtype)
 
@@ -114,7 +117,8 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList([GLMBlock(config) for _ in range(config.num_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
-        self.rotary = RotaryEmbedding2D(config.hidden_size // config.num_attention_heads // 2)
+        self.rotary = RotaryEmbedding2D(config.hidden_size // config.num_attention_heads // 2,
+                                        fp16_frequencies=config.rotary_fp16_frequencies)
         self.post_init()
 
     def get_input_embeddings(self):
