@@ -5,9 +5,9 @@
 - prefix-lm: a prefix LM in GLM's layout, i.e. GLM's document-level blank ([gMASK]) with the
   span always the suffix of the sample; no published GLM model was pretrained with it alone
   (ChatGLM-6B's pretraining was GLM's blank infilling with task masks, per its maintainers:
-  --objective blank-infilling --task-mask). The first p tokens (p ~ U[1, m - 1] per sample, m = the tokens used)
-  followed by [gMASK] form Part A (bidirectional, sep = p + 1); then <sop> and the rest of the
-  sample, generated causally. Targets are aligned (Part B: sample[p:m]); positions count 0..p over
+  --objective blank-infilling --task-mask). The first p tokens (p ~ U[1, m - 1] per sample,
+  m = the tokens used) followed by [gMASK] form Part A (bidirectional, sep = p + 1); then <sop>
+  and the rest of the sample, generated causally. Targets are aligned (Part B: sample[p:m]); positions count 0..p over
   Part A and stay at p ([gMASK]'s index) over Part B, block positions are 0 on Part A and
   1, 2, ... from <sop> on (1 throughout Part B with block_position off). The generated text runs
   on past the window, so there is no eop. L = seq_length, so m = seq_length - 1 sample tokens
