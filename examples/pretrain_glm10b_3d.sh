@@ -18,8 +18,10 @@
 # the first tenth, then decays to a tenth along a cosine), PRECISION [--bf16],
 # RUN_DIR for checkpoints and TensorBoard logs [runs/glm10b_3d], DATA_PATH (a preprocessed
 # corpus prefix; the built-in corpus without it) and TOKENIZER (the SentencePiece model the
-# corpus was tokenized with; the built-in one without it). Extra flags are passed through,
-# e.g. --objective blank-infilling for GLM's own objective.
+# corpus was tokenized with; the built-in one without it). The glm-10b preset brings GLM-10B's
+# published pretraining recipe (blank infilling with task masks, [CLS] first; see the README's
+# preset table; tiny presets train causally). Extra flags are passed through and override it,
+# e.g. --objective causal.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

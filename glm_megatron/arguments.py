@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from . import objectives
 from .config import ConfigError, GLMConfig
-from .presets import PRESETS, preset_names
+from .presets import PRESETS, PRETRAINING_RECIPES, preset_names
 
 DEFAULT_PRESET = "glm4-small"
 # Where the built-in run (no --data-path) writes when --save / --tensorboard-dir are not given.
@@ -49,8 +49,15 @@ def _model_args(parser: argparse.ArgumentParser):
     g.add_argument("--untie-embeddings-and-output-weights", action=_BOOL)
     g.add_argument("--apply-residual-connection-post-layernorm", action=_BOOL)
     g.add_argument("--deepnorm", action=_BOOL,
-                   help="scale the post-layernorm residual by sqrt(2 * num_layers) "
-                        "(ChatGLM-6B, GLM-130B)")
+                   help="DeepNorm (ChatGLM-6B, GLM-130B): scale the post-layernorm residual by "
+                        "sqrt(2 * num_layers) and initialise as GLM-130B (Xavier normal, times "
+                        "(2 * num_layers)^-1/2 on the FFN, value and output projections)")
+    g.add_argument("--embedding-gradient-shrink-alpha", type=float,
+                   help="scale the embedding output's gradient by this, its value unchanged "
+                        "(GLM-130B: 0.1; default 1: off)")
+    g.add_argument("--rotary-fp16-frequencies", action=_BOOL,
+                   help="compute the rotary frequencies and angles in fp16 as ChatGLM-6B's "
+                        "published code does (exact fp16 parity with it)")
     g.add_argument("--post-sublayer-norms", action=_BOOL,
                    help="GLM-4-0414's extra norms after attention and after the MLP")
     g.add_argument("--hidden-dropout", type=float)
@@ -65,9 +72,11 @@ def _model_args(parser: argparse.ArgumentParser):
 def _training_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("training")
     g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
-                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: [gMASK] + <sop> "
-                        "generation (ChatGLM-6B); blank-infilling: GLM's autoregressive blank "
-                        "infilling")
+                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: a bidirectional "
+                        "prefix, [gMASK], then <sop> and the rest generated (GLM's document-level "
+                        "blank with the span always the suffix); blank-infilling: GLM's "
+                        "autoregressive blank infilling (GLM and ChatGLM-6B were pretrained with "
+                        "it; a preset's published recipe sets it)")
     g.add_argument("--seq-length", type=int, default=256)
     g.add_argument("--micro-batch-size", type=int, default=4)
     g.add_argument("--global-batch-size", type=int, default=16)
@@ -169,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
+    the defaults of the flags it names, so explicit flags still win."""
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].model_preset
+    parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
+    args = parser.parse_args(argv)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
@@ -192,7 +206,7 @@ _DIRECT = ["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads"
            "rotary_interleaved", "rotary_base", "openai_gelu", "add_qkv_bias",
            "untie_embeddings_and_output_weights", "apply_residual_connection_post_layernorm",
            "deepnorm", "post_sublayer_norms", "hidden_dropout", "attention_dropout",
-           "init_method_std"]
+           "init_method_std", "embedding_gradient_shrink_alpha", "rotary_fp16_frequencies"]
 
 
 def model_config(args: argparse.Namespace, vocab_size: int) -> GLMConfig:
@@ -209,10 +223,12 @@ def model_config(args: argparse.Namespace, vocab_size: int) -> GLMConfig:
     if args.disable_bias_linear is not None:
         values["add_bias_linear"] = not args.disable_bias_linear
     rope = values.get("position_embedding_type", GLMConfig.position_embedding_type) == "rope"
-    if args.objective != "causal" and rope and args.block_position_encoding is None:
+    room = 2 * values.get("rotary_percent", GLMConfig.rotary_percent) <= 1.0
+    if args.objective != "causal" and rope and room and args.block_position_encoding is None:
         # ChatGLM2/3 and GLM-4 have no block positions of their own: GLM's objectives feed the
         # block ids to the next rotary slice of the head, as ChatGLM-6B does, unless
         # --no-block-position, which leaves the architecture (and its exports) unchanged.
+        # GLM-130B rotates the whole head with 1D positions: nothing is left for block ids.
         values["block_position_encoding"] = not args.no_block_position
     values["vocab_size"] = vocab_size
     config = GLMConfig(**values)

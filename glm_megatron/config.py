@@ -38,6 +38,9 @@ class GLMConfig:
     rotary_percent: float = 1.0
     rotary_interleaved: bool = False  # rotate pairs (2i, 2i+1) instead of halves
     rotary_base: float = 10000.0
+    # ChatGLM-6B's published code computes the rotary frequencies and angles in fp16; on for
+    # exact fp16 parity with it (fp32 otherwise).
+    rotary_fp16_frequencies: bool = False
 
     activation: str = "gelu"  # gelu | swiglu | geglu (gated: fc1 rows are [activated; linear])
     openai_gelu: bool = False  # tanh approximation of GeLU, as GLM and ChatGLM-6B use
@@ -45,9 +48,13 @@ class GLMConfig:
     add_qkv_bias: bool = False  # bias on QKV even when add_bias_linear is off (ChatGLM2/3, GLM-4)
     untie_embeddings_and_output_weights: bool = False
 
-    # ChatGLM-6B / GLM-130B DeepNorm: residual = norm output * sqrt(2 * num_layers).
+    # ChatGLM-6B / GLM-130B DeepNorm: residual = norm output * sqrt(2 * num_layers), and GLM-130B's
+    # initialisation (xavier_normal_std).
     apply_residual_connection_post_layernorm: bool = False
     deepnorm: bool = False
+    # GLM-130B's embedding gradient shrink: the embedding output's gradient is scaled by this
+    # (0.1 in GLM-130B), its value unchanged. 1.0: off.
+    embedding_gradient_shrink_alpha: float = 1.0
     # GLM-4-0414: extra norms on the attention and MLP outputs before the residual add.
     post_sublayer_norms: bool = False
 
@@ -88,6 +95,10 @@ class GLMConfig:
                 raise ConfigError(
                     f"--rotary-percent {self.rotary_percent} gives {self.rotary_dim} rotary dims per "
                     f"position kind, which must be even and fit the head dim {self.kv_channels}")
+        if not 0.0 < self.embedding_gradient_shrink_alpha <= 1.0:
+            raise ConfigError(f"--embedding-gradient-shrink-alpha "
+                              f"{self.embedding_gradient_shrink_alpha} must be in (0, 1] "
+                              "(GLM-130B: 0.1; 1: off)")
         if self.deepnorm and not self.apply_residual_connection_post_layernorm:
             raise ConfigError("--deepnorm needs --apply-residual-connection-post-layernorm "
                               "(DeepNorm scales the normalised residual)")
@@ -112,6 +123,12 @@ class GLMConfig:
     @property
     def residual_alpha(self) -> float:
         return math.sqrt(2 * self.num_layers) if self.deepnorm else 1.0
+
+    def xavier_normal_std(self, fan_in: int, fan_out: int, deepnorm_scaled: bool) -> float:
+        """GLM-130B's DeepNorm initialisation: Xavier normal, times (2 * num_layers)^-1/2 on the
+        FFN, value and output projections (`deepnorm_scaled`)."""
+        scale = (2.0 * self.num_layers) ** -0.5 if deepnorm_scaled else 1.0
+        return scale * math.sqrt(2.0 / (fan_in + fan_out))
 
     @property
     def output_layer_init_std(self) -> float:

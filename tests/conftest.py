@@ -21,3 +21,14 @@ def ctx():
     context = single_process_context("cpu")
     seed_all(context, 1234)
     return context
+
+
+@pytest.fixture(scope="module")
+def distributed_world():
+    """torch.distributed with a world of one, for references that need one (SwissArmyTransformer
+    sets up its own groups on it); our models still take the one-process context."""
+    from glm_megatron.parallel.context import initialize_distributed, shutdown
+
+    initialize_distributed(1, 1, "cpu")
+    yield
+    shutdown()

@@ -14,7 +14,8 @@ from glm_megatron.objectives import (BlankInfillingConfig, SpecialTokenIds, buil
                                      truncated_poisson_mean)
 
 # Vocabulary: 0..79 plain tokens, 80..84 end a sentence, then the special tokens.
-SPECIAL = SpecialTokenIds(mask=90, smask=91, gmask=92, sop=93, eop=94, dblock=95, pad=96, eod=97)
+SPECIAL = SpecialTokenIds(mask=90, smask=91, gmask=92, sop=93, eop=94, dblock=95, pad=96, eod=97,
+                          cls=98)
 ENDS = np.zeros(100, dtype=bool)
 ENDS[80:85] = True
 MASKS = {SPECIAL.mask, SPECIAL.smask, SPECIAL.gmask}
@@ -134,6 +135,66 @@ def test_layout_reconstructs_the_sample(name, doc_lengths):
             if config.get("shuffle_blocks") is False:
                 slots = [s[0] for s in segments]
                 assert slots == sorted(slots)
+
+
+@pytest.mark.parametrize("mode", ["token", "sentence", "document"])
+def test_prepend_cls_starts_every_sample_and_document(mode):
+    """GLM's BlockDataset: [CLS] first, and again before each document packed after an eod;
+    the first [CLS] stays in Part A, token and sentence spans never cover one, and the row
+    holds seq_length tokens."""
+    seq = 96
+    c = collator(seq, prepend_cls=True, task_mask=True,
+                 **{k: v for k, v in CONFIGS[mode].items() if k != "task_mask"})
+    data_rng = np.random.default_rng(3)
+    for it in range(10):
+        samples = packed_samples(data_rng, 4, seq, (5, 60))
+        batch = c(samples, microbatch_rng(5, it))
+        for row, sample in enumerate(samples):
+            text, spans, segments = decode_row(batch, row)
+            body = original(sample, seq)
+            after_eod = np.flatnonzero(body[:-1] == SPECIAL.eod) + 1
+            expected = np.insert(body, np.concatenate(([0], after_eod)), SPECIAL.cls)[:seq]
+            assert (text == expected).all()
+            for start, length, _ in spans:
+                # A document-mode suffix takes the later documents whole, [CLS] included, as
+                # GLM's does; the first [CLS] stays in Part A in every mode.
+                assert start > 0
+                assert mode == "document" or SPECIAL.cls not in text[start:start + length]
+
+
+def test_prepend_cls_keeps_document_infilling_of_single_documents():
+    """The leading [CLS] is not a document boundary: a single document can still be infilled
+    inside (with eop) rather than always as the suffix."""
+    seq = 64
+    c = collator(seq, prepend_cls=True, **CONFIGS["document-infill"])
+    rng = np.random.default_rng(4)
+    samples = [rng.integers(0, 85, seq) for _ in range(8)]
+    batch = c(samples, microbatch_rng(2, 0))
+    eops = [has_eop for row in range(8) for _, _, has_eop in decode_row(batch, row)[1]]
+    assert all(eops)
+
+
+def test_prepend_cls_needs_the_token():
+    no_cls = SpecialTokenIds(**{k: v for k, v in SPECIAL.as_dict().items() if k != "cls"})
+    with pytest.raises(ValueError, match="--prepend-cls"):
+        build_collator("blank-infilling", BlankInfillingConfig(prepend_cls=True), no_cls, ENDS,
+                       64)
+
+
+def test_published_recipes_are_flag_defaults():
+    from glm_megatron.arguments import parse_args
+    args = parse_args(["--model-preset", "glm-10b"])
+    assert (args.objective, args.task_mask, args.bert_prob, args.gap_sentence_prob,
+            args.gpt_min_ratio, args.block_mask_prob, args.short_seq_prob, args.prepend_cls,
+            args.seq_length) == ("blank-infilling", True, 0.5, 0.3, 0.25, 0.1, 0.02, True, 512)
+    args = parse_args(["--model-preset", "glm-large"])
+    assert (args.bert_prob, args.task_mask, args.prepend_cls) == (1.0, False, True)
+    args = parse_args(["--model-preset", "glm-10b", "--no-task-mask", "--bert-prob", "0.2",
+                       "--no-prepend-cls", "--objective", "causal"])
+    assert (args.objective, args.task_mask, args.bert_prob, args.prepend_cls) == (
+        "causal", False, 0.2, False)
+    args = parse_args(["--model-preset", "glm-tiny"])
+    assert (args.objective, args.prepend_cls, args.bert_prob) == ("causal", False, 0.5)
 
 
 def test_token_spans_are_inside_documents_and_apart():

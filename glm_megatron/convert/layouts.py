@@ -14,7 +14,7 @@ our configurations each layout can hold.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -31,7 +31,7 @@ DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float
 class SpecialTokens:
     """Token ids a Hugging Face config (and generation) needs; None where unknown."""
     pad: Optional[int] = None
-    eos: Optional[int] = None
+    eos: Optional[Union[int, list]] = None  # GLM-4 lists several end tokens: kept as published
     bos: Optional[int] = None
     mask: Optional[int] = None  # [MASK]
     smask: Optional[int] = None  # [sMASK]
@@ -156,7 +156,7 @@ def _native_from_hf(c: dict) -> tuple[GLMConfig, Head, SpecialTokens]:
     head = Head()
     if any(a.endswith("ForSequenceClassification") for a in c.get("architectures") or []):
         head = Head(len(c["id2label"]) if c.get("id2label") else c.get("num_labels", 2))
-    tokens = SpecialTokens(pad=c.get("pad_token_id"), eos=_first(c.get("eos_token_id")),
+    tokens = SpecialTokens(pad=c.get("pad_token_id"), eos=c.get("eos_token_id"),
                            bos=c.get("bos_token_id"))
     return cfg, head, tokens
 
@@ -290,7 +290,7 @@ def _chatglm2_from_hf(c: dict) -> tuple[GLMConfig, Head, SpecialTokens]:
         untie_embeddings_and_output_weights=True,
         hidden_dropout=float(c.get("hidden_dropout", 0.0)),
         attention_dropout=float(c.get("attention_dropout", 0.0)))
-    tokens = SpecialTokens(pad=c.get("pad_token_id"), eos=_first(c.get("eos_token_id")))
+    tokens = SpecialTokens(pad=c.get("pad_token_id"), eos=c.get("eos_token_id"))
     return cfg, Head(), tokens
 
 
@@ -399,7 +399,11 @@ def _glm10b_to_hf(cfg: GLMConfig, head: Head, tokens: SpecialTokens, dtype) -> d
         "embedding_dropout_prob": cfg.hidden_dropout, "output_dropout_prob": cfg.hidden_dropout,
         "attention_dropout_prob": cfg.attention_dropout, "relative_encoding": False,
         "initializer_range": cfg.init_method_std, "tie_word_embeddings": True,
-        **_blank_tokens_to_hf(tokens), "use_cache": False, "torch_dtype": DTYPE_NAMES[dtype],
+        # What THUDM's own GLM code also reads: output_predict makes its GLMModel return logits.
+        "output_predict": True, "parallel_output": True, "checkpoint_activations": False,
+        "checkpoint_num_layers": 1, "pool_token": "cls", "spell_length": None,
+        "spell_func": "lstm",
+        **_blank_tokens_to_hf(tokens), "use_cache": True, "torch_dtype": DTYPE_NAMES[dtype],
     }
 
 
@@ -422,8 +426,6 @@ def _chatglm6b_unsupported(cfg: GLMConfig, head: Head) -> list[str]:
         problems.append("positions other than 2D RoPE")
     if cfg.rotary_interleaved or cfg.rotary_percent != 0.5:
         problems.append("a RoPE other than rotate-half on each half of the head")
-    if not cfg.untie_embeddings_and_output_weights:
-        problems.append("tied embeddings")
     if not (cfg.apply_residual_connection_post_layernorm and cfg.deepnorm):
         problems.append("no DeepNorm residuals")
     return problems
@@ -442,7 +444,12 @@ def _chatglm6b_from_hf(c: dict) -> tuple[GLMConfig, Head, SpecialTokens]:
         normalization="LayerNorm", norm_epsilon=c.get("layernorm_epsilon", 1e-5),
         position_embedding_type="rope", block_position_encoding=True, rotary_percent=0.5,
         rotary_interleaved=False, rotary_base=10000.0, activation="gelu", openai_gelu=True,
-        add_bias_linear=True, add_qkv_bias=True, untie_embeddings_and_output_weights=True,
+        add_bias_linear=True, add_qkv_bias=True,
+        # Published ChatGLM-6B sets no tie_word_embeddings: transformers' default (True) ties its
+        # lm_head to the word embeddings, and the checkpoint saves the same tensor twice.
+        untie_embeddings_and_output_weights=not c.get("tie_word_embeddings", True),
+        # Published ChatGLM-6B computes its rotary angles in fp16; our exports record the choice.
+        rotary_fp16_frequencies=bool(c.get("rotary_fp16_frequencies", True)),
         apply_residual_connection_post_layernorm=True, deepnorm=True)
     return cfg, Head(), _blank_tokens_from_hf(c)
 
@@ -458,8 +465,9 @@ def _chatglm6b_to_hf(cfg: GLMConfig, head: Head, tokens: SpecialTokens, dtype) -
         "num_attention_heads": cfg.num_attention_heads, "inner_hidden_size": cfg.ffn_hidden_size,
         "vocab_size": cfg.vocab_size, "max_sequence_length": cfg.max_position_embeddings,
         "layernorm_epsilon": cfg.norm_epsilon, "position_encoding_2d": True,
-        "tie_word_embeddings": False,
-        **_blank_tokens_to_hf(tokens), "use_cache": False, "torch_dtype": DTYPE_NAMES[dtype],
+        "tie_word_embeddings": not cfg.untie_embeddings_and_output_weights,
+        "rotary_fp16_frequencies": cfg.rotary_fp16_frequencies,
+        **_blank_tokens_to_hf(tokens), "use_cache": True, "torch_dtype": DTYPE_NAMES[dtype],
     }
 
 
@@ -508,17 +516,19 @@ LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
            detect=lambda c: c.get("model_type") == "glm" and "num_layers" in c,
            config_from_hf=_glm10b_from_hf, config_to_hf=_glm10b_to_hf,
            unsupported=_glm10b_unsupported,
-           remote_code=("configuration_glm", "modeling_glm", "blank_infilling")),
+           remote_code=("configuration_glm", "modeling_glm", "blank_infilling",
+                        "blank_infilling_lm")),
     Layout("chatglm-6b", "ChatGLM-6B remote code (2D RoPE, DeepNorm)",
            (Rule((WORD_EMBEDDINGS,), ("transformer.word_embeddings.weight",)),),
            _CHATGLM6B_LAYER,
            (*_with_bias("decoder.final_layernorm", "transformer.final_layernorm", _layernorm),
-            Rule(("output_layer.weight",), ("lm_head.weight",))),
+            Rule(("output_layer.weight",), ("lm_head.weight",), when=_lm_head)),
            detect=lambda c: c.get("model_type") == "chatglm" and "padded_vocab_size" not in c,
            config_from_hf=_chatglm6b_from_hf, config_to_hf=_chatglm6b_to_hf,
            unsupported=_chatglm6b_unsupported,
            ignorable=(r"transformer\.layers\.\d+\.attention\.rotary_emb\.inv_freq",),
-           remote_code=("configuration_chatglm", "modeling_chatglm", "blank_infilling")),
+           remote_code=("configuration_chatglm", "modeling_chatglm", "blank_infilling",
+                        "blank_infilling_lm")),
 )}
 
 

@@ -55,7 +55,7 @@ class Layout:
     ignorable: tuple[str, ...] = ()
     # Our own remote code (glm_megatron/hf_remote) shipped with the export, if the layout
     # has no class in transformers: (configuration module, modeling module).
-    remote_code: Optional[tuple[str, str]] = None
+    remote_code: Optional[tuple[str, ...]] = None
 
     def rules(self, group, cfg: GLMConfig, head: Head) -> list[Rule]:
         table = self.pre if group == "pre" else self.post if group == "post" else self.layer
@@ -117,3 +117,14 @@ def hf_plan(layout: Layout, cfg: GLMConfig, head: Head,
         for name, tensor in to_hf(layout, group, meta, cfg, head).items():
             plan.append((name, tuple(tensor.shape), tensor.dtype, group))
     return plan
+
+
+def to_hf_state_dict(layout: Layout, ours: dict[str, torch.Tensor], cfg: GLMConfig,
+                     head: Head) -> dict[str, torch.Tensor]:
+    """A whole single-process state dict of ours as the layout's Hugging Face tensors (what
+    export writes, for a model in memory)."""
+    out = {}
+    for group in groups(cfg):
+        names = our_params(group, cfg, head)
+        out.update(to_hf(layout, group, {n: ours[n] for n in names}, cfg, head))
+    return out

@@ -4,8 +4,9 @@ An input is Part A (the text, with each blank collapsed to one mask token) follo
 which starts with the start-of-piece token (sop): generation fills the blank from there.
 - sep = index of the first sop (no sop: the whole input is Part A);
 - Part A: position ids 0, 1, ...; block position ids 0;
-- Part B: position id = the position of the blank's mask token ([MASK], [sMASK] or [gMASK], the
-  first one in Part A); block position ids 1, 2, ...;
+- Part B: position id = the position of the blank's mask token: the last [MASK] of Part A, as
+  GLM's cloze inputs place it (tasks/data_utils.py), else the first [sMASK] or [gMASK] (GLM's
+  and ChatGLM-6B's generation); block position ids 1, 2, ...;
 - attention: every token sees all of Part A and the Part-B tokens up to itself.
 """
 
@@ -26,22 +27,31 @@ def _sep(input_ids: torch.Tensor, sop_token_id: Optional[int]) -> torch.Tensor:
     return first.to(torch.long)
 
 
+def _is_any(input_ids: torch.Tensor, tokens) -> torch.Tensor:
+    found = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token in tokens:
+        if token is not None:
+            found |= input_ids == token
+    return found
+
+
 def blank_infilling_inputs(input_ids: torch.Tensor, sop_token_id: Optional[int],
                            mask_token_ids: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """(position ids [b, 2, s], sep [b]) for inputs laid out as described above."""
+    """(position ids [b, 2, s], sep [b]) for inputs laid out as described above.
+    `mask_token_ids`: [MASK], [sMASK], [gMASK] (None where the vocabulary has none)."""
     batch, seq = input_ids.shape
     device = input_ids.device
     sep = _sep(input_ids, sop_token_id)
     index = torch.arange(seq, device=device).expand(batch, seq)
     part_a = index < sep[:, None]
-    is_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    for token in mask_token_ids:
-        if token is not None:
-            is_mask |= input_ids == token
-    is_mask &= part_a
-    # The first mask token in Part A; without one, the last Part-A position.
-    mask_position = torch.where(is_mask.any(dim=1), is_mask.int().argmax(dim=1),
-                                (sep - 1).clamp(min=0))
+    is_mask = _is_any(input_ids, mask_token_ids[:1]) & part_a
+    is_other = _is_any(input_ids, mask_token_ids[1:]) & part_a
+    last_mask = seq - 1 - is_mask.flip(1).int().argmax(dim=1)
+    first_other = is_other.int().argmax(dim=1)
+    # Without any mask token: the last Part-A position.
+    mask_position = torch.where(is_mask.any(dim=1), last_mask,
+                                torch.where(is_other.any(dim=1), first_other,
+                                            (sep - 1).clamp(min=0)))
     positions = torch.where(part_a, index, mask_position[:, None])
     block_positions = torch.where(part_a, torch.zeros_like(index), index - sep[:, None] + 1)
     return torch.stack([positions, block_positions], dim=1), sep

@@ -6,13 +6,15 @@ from transformers import PretrainedConfig
 
 class GLMConfig(PretrainedConfig):
     model_type = "glm"
+    # transformers' caches and generation read the layer count under its usual name.
+    attribute_map = {"num_hidden_layers": "num_layers"}
 
     def __init__(self, num_layers=24, vocab_size=30592, hidden_size=1024, num_attention_heads=16,
                  intermediate_size=None, embedding_dropout_prob=0.1, attention_dropout_prob=0.1,
                  output_dropout_prob=0.1, max_sequence_length=512, block_position_encoding=True,
                  layernorm_epsilon=1e-5, initializer_range=0.02, attention_scale=1.0,
                  relative_encoding=False, mask_token_id=None, smask_token_id=None,
-                 gmask_token_id=None, eod_token_id=None, use_cache=False, **kwargs):
+                 gmask_token_id=None, eod_token_id=None, use_cache=True, **kwargs):
         self.num_layers = num_layers
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size

@@ -15,11 +15,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
-from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from .blank_infilling import resolve_inputs
+from .blank_infilling_lm import (CACHE_NAME, BlankInfillingGenerationMixin,
+                                 BlankInfillingPreTrainedModel, cached_attention, given_cache)
 from .configuration_glm import GLMConfig
 
 
@@ -32,13 +31,13 @@ class GLMSelfAttention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, allowed: torch.Tensor, past_key_values,
+                layer_idx: int) -> torch.Tensor:
         batch, seq, _ = hidden.shape
         query, key, value = (t.view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
                              for t in self.query_key_value(hidden).chunk(3, dim=-1))
-        context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=allowed,
-            dropout_p=self.dropout if self.training else 0.0)
+        context = cached_attention(query, key, value, allowed, past_key_values, layer_idx,
+                                   self.dropout if self.training else 0.0)
         return self.dense(context.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -62,8 +61,11 @@ class GLMTransformerLayer(nn.Module):
         self.mlp = GLMMLP(config)
         self.dropout = nn.Dropout(config.output_dropout_prob)
 
-    def forward(self, hidden: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        hidden = hidden + self.dropout(self.attention(self.input_layernorm(hidden), allowed))
+    def forward(self, hidden: torch.Tensor, allowed: torch.Tensor, past_key_values,
+                layer_idx: int) -> torch.Tensor:
+        attention = self.attention(self.input_layernorm(hidden), allowed, past_key_values,
+                                   layer_idx)
+        hidden = hidden + self.dropout(attention)
         return hidden + self.dropout(self.mlp(self.post_attention_layernorm(hidden)))
 
 
@@ -79,30 +81,20 @@ class GLMStack(nn.Module):
                                      for _ in range(config.num_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
-    def forward(self, embeddings, position_ids, allowed):
+    def forward(self, embeddings, position_ids, allowed, past_key_values=None):
         hidden = embeddings + self.position_embeddings(position_ids[:, 0])
         if self.block_position_embeddings is not None:
             hidden = hidden + self.block_position_embeddings(position_ids[:, 1])
         hidden = self.embedding_dropout(hidden)
-        for layer in self.layers:
-            hidden = layer(hidden, allowed)
+        for index, layer in enumerate(self.layers):
+            hidden = layer(hidden, allowed, past_key_values, index)
         return self.final_layernorm(hidden)
 
 
-class GLMPreTrainedModel(PreTrainedModel):
+class GLMPreTrainedModel(BlankInfillingPreTrainedModel):
     config_class = GLMConfig
     base_model_prefix = "glm"
     _no_split_modules = ["GLMTransformerLayer"]
-
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class GLMModel(GLMPreTrainedModel):
@@ -121,19 +113,18 @@ class GLMModel(GLMPreTrainedModel):
         self.word_embeddings = value
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, return_dict: Optional[bool] = None,
-                **kwargs):
-        c = self.config
-        position_ids, allowed = resolve_inputs(
-            input_ids, position_ids, attention_mask, c.bos_token_id,
-            [c.mask_token_id, c.smask_token_id, c.gmask_token_id])
-        hidden = self.transformer(self.word_embeddings(input_ids), position_ids, allowed)
+                attention_mask: Optional[torch.Tensor] = None, past_key_values=None,
+                return_dict: Optional[bool] = None, **kwargs):
+        past_key_values = given_cache(past_key_values, kwargs)
+        position_ids, allowed = self.blank_inputs(input_ids, position_ids, attention_mask)
+        hidden = self.transformer(self.word_embeddings(input_ids), position_ids, allowed,
+                                  past_key_values)
         if return_dict is False:
             return (hidden,)
-        return BaseModelOutput(last_hidden_state=hidden)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, **{CACHE_NAME: past_key_values})
 
 
-class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
+class GLMForConditionalGeneration(GLMPreTrainedModel, BlankInfillingGenerationMixin):
     """GLM with its language-model head (the word embeddings, tied)."""
 
     def __init__(self, config: GLMConfig):
@@ -148,20 +139,11 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, GenerationMixin):
         self.glm.word_embeddings = value
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None, past_key_values=None,
                 labels: Optional[torch.Tensor] = None, return_dict: Optional[bool] = None,
                 **kwargs):
-        hidden = self.glm(input_ids, position_ids, attention_mask).last_hidden_state
+        past_key_values = given_cache(past_key_values, kwargs)
+        hidden = self.glm(input_ids, position_ids, attention_mask,
+                          past_key_values).last_hidden_state
         logits = F.linear(hidden, self.glm.word_embeddings.weight)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                   labels.reshape(-1), ignore_index=-100)
-        if return_dict is False:
-            return (loss, logits) if loss is not None else (logits,)
-        return CausalLMOutput(loss=loss, logits=logits)
-
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        # No key/value cache: every step reruns the whole input, whose positions and mask are
-        # derived from the ids (the blank's sop onwards is Part B).
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.lm_output(logits, labels, past_key_values, return_dict)

@@ -19,19 +19,34 @@ from ..parallel.recompute import checkpoint
 from .layers import ColumnParallelLinear, RowParallelLinear
 
 
-def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int,
-                       device: torch.device) -> Optional[torch.Tensor]:
-    """Boolean mask [b, 1, s, s] (True = may attend) or None for plain causal attention.
+def glm_attention_mask(sep: Optional[torch.Tensor], seq_len: int, device: torch.device,
+                       past_length: int = 0) -> Optional[torch.Tensor]:
+    """Boolean mask [b (or 1), 1, s, past + s] (True = may attend) for `seq_len` new tokens after
+    `past_length` cached ones, or None for plain causal attention without a cache.
 
     GLM: every token sees the first `sep` tokens of its sample (Part A, bidirectional) and the
     tokens up to itself (Part B, causal).
     """
-    if sep is None:
+    if sep is None and past_length == 0:
         return None
-    rows = torch.arange(seq_len, device=device)
-    causal = rows[None, :] <= rows[:, None]
-    part_a = rows[None, None, :] < sep.to(device)[:, None, None]
-    return (causal[None] | part_a)[:, None]
+    rows = torch.arange(past_length, past_length + seq_len, device=device)
+    cols = torch.arange(past_length + seq_len, device=device)
+    causal = (cols[None, :] <= rows[:, None])[None]
+    if sep is None:
+        return causal[:, None]
+    return (causal | (cols[None, None, :] < sep.to(device)[:, None, None]))[:, None]
+
+
+def deepnorm_qkv_stds(config: GLMConfig) -> torch.Tensor:
+    """Per-row init std of the fused QKV (rows grouped per query group) under DeepNorm: Xavier
+    normal for Q and K, scaled by (2N)^-1/2 for V (GLM-130B)."""
+    h = config.hidden_size
+    q = config.xavier_normal_std(h, config.query_projection_size, False)
+    k = config.xavier_normal_std(h, config.kv_projection_size, False)
+    v = config.xavier_normal_std(h, config.kv_projection_size, True)
+    per_group = config.num_attention_heads // config.num_query_groups
+    group = torch.tensor([q] * per_group + [k, v]).repeat_interleave(config.kv_channels)
+    return group.repeat(config.num_query_groups)
 
 
 class SelfAttention(torch.nn.Module):
@@ -45,13 +60,16 @@ class SelfAttention(torch.nn.Module):
         self.dropout = config.attention_dropout
         self.recompute_core = recompute_core
         qkv_size = config.query_projection_size + 2 * config.kv_projection_size
+        proj_std = (config.xavier_normal_std(config.query_projection_size, config.hidden_size,
+                                             True)
+                    if config.deepnorm else config.output_layer_init_std)
         self.linear_qkv = ColumnParallelLinear(
             config.hidden_size, qkv_size, ctx, sequence_parallel=sequence_parallel,
-            bias=config.add_bias_linear or config.add_qkv_bias)
+            bias=config.add_bias_linear or config.add_qkv_bias,
+            init_std=deepnorm_qkv_stds(config) if config.deepnorm else None)
         self.linear_proj = RowParallelLinear(
             config.query_projection_size, config.hidden_size, ctx,
-            sequence_parallel=sequence_parallel, bias=config.add_bias_linear,
-            init_std=config.output_layer_init_std)
+            sequence_parallel=sequence_parallel, bias=config.add_bias_linear, init_std=proj_std)
 
     def _core_attention(self, query, key, value, mask):
         """[s, b, heads, d] in, [s, b, heads * d] out: the part selective recompute redoes."""
@@ -65,8 +83,10 @@ class SelfAttention(torch.nn.Module):
                 enable_gqa=self.queries_per_group > 1)
         return context.permute(2, 0, 1, 3).reshape(seq, batch, -1)
 
-    def forward(self, hidden: torch.Tensor, rotary, rotary_tables,
-                mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rotary, rotary_tables, mask: Optional[torch.Tensor],
+                kv_cache=None) -> torch.Tensor:
+        """`kv_cache` (a model.kv_cache.LayerKVCache): attend over the cached tokens too, and
+        add this call's keys and values to it."""
         qkv, _ = self.linear_qkv(hidden)  # under sequence parallelism: the full sequence
         seq, batch = qkv.shape[:2]
         qkv = qkv.view(seq, batch, self.local_groups, self.queries_per_group + 2, self.head_dim)
@@ -75,6 +95,8 @@ class SelfAttention(torch.nn.Module):
         if rotary is not None:
             query = rotary.apply(query, rotary_tables)
             key = rotary.apply(key, rotary_tables)
+        if kv_cache is not None:
+            key, value = kv_cache.append(key, value)
         if self.recompute_core and self.training:
             context = checkpoint(self.rng, self._core_attention, query, key, value, mask)
         else:

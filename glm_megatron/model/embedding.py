@@ -18,6 +18,7 @@ class Embedding(torch.nn.Module):
     def __init__(self, config: GLMConfig, ctx: ParallelContext, sequence_parallel: bool = False):
         super().__init__()
         self.dropout = config.hidden_dropout
+        self.gradient_shrink = config.embedding_gradient_shrink_alpha
         self.ctx, self.sequence_parallel = ctx, sequence_parallel
         self.word_embeddings = VocabParallelEmbedding(config.vocab_size, config.hidden_size, ctx)
         self.position_embeddings = self.block_position_embeddings = None
@@ -36,6 +37,9 @@ class Embedding(torch.nn.Module):
             embeddings = embeddings + self.position_embeddings(position_ids)
         if self.block_position_embeddings is not None:
             embeddings = embeddings + self.block_position_embeddings(block_position_ids)
+        if self.gradient_shrink != 1.0:  # GLM-130B: same value, gradient scaled by alpha
+            alpha = self.gradient_shrink
+            embeddings = embeddings * alpha + embeddings.detach() * (1.0 - alpha)
         embeddings = embeddings.transpose(0, 1).contiguous()
         if self.sequence_parallel:
             embeddings = split_sequence(embeddings, self.ctx.tp_group)

@@ -52,15 +52,17 @@ class GLMModel(torch.nn.Module):
         self.decoder = TransformerBlock(config, ctx, numbers, post_process, options)
 
     def hidden_states(self, tokens, position_ids, sep=None,
-                      decoder_input: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """First stage: embed `tokens`; later stages: continue from `decoder_input`."""
+                      decoder_input: Optional[torch.Tensor] = None, kv_cache=None) -> torch.Tensor:
+        """First stage: embed `tokens`; later stages: continue from `decoder_input`. With a
+        `kv_cache` (model.kv_cache.KVCache), `tokens` follow the cached ones."""
         positions, block_positions = split_position_ids(position_ids)
         hidden = (self.embedding(tokens, positions, block_positions) if self.pre_process
                   else decoder_input)
         tables = (self.rotary(positions, block_positions, hidden.dtype)
                   if self.rotary is not None else None)
-        mask = glm_attention_mask(sep, tokens.shape[1], tokens.device)
-        return self.decoder(hidden, self.rotary, tables, mask)
+        past = kv_cache.length if kv_cache is not None else 0
+        mask = glm_attention_mask(sep, tokens.shape[1], tokens.device, past)
+        return self.decoder(hidden, self.rotary, tables, mask, kv_cache)
 
 
 class GLMForCausalLM(GLMModel):
@@ -87,9 +89,13 @@ class GLMForCausalLM(GLMModel):
     def _head_weight(self):
         return self.embedding.word_embeddings.weight if self.tied and self.pre_process else None
 
-    def logits(self, tokens, position_ids, sep=None) -> torch.Tensor:
-        """Vocab-parallel logits [s, b, vocab / tp] (single-stage models)."""
-        hidden = self.hidden_states(tokens, position_ids, sep)
+    def logits(self, tokens, position_ids, sep=None, kv_cache=None,
+               last_only: bool = False) -> torch.Tensor:
+        """Vocab-parallel logits [s, b, vocab / tp] (single-stage models), or [1, b, ...] for
+        the last position only (generation); see hidden_states for `kv_cache`."""
+        hidden = self.hidden_states(tokens, position_ids, sep, kv_cache=kv_cache)
+        if last_only:
+            hidden = hidden[-1:]
         logits, _ = self.output_layer(hidden, weight=self._head_weight())
         return logits
 

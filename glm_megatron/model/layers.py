@@ -48,7 +48,7 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
 
     def __init__(self, in_features: int, out_features: int, ctx: ParallelContext, *,
                  bias: bool, stride: int = 1, sequence_parallel: bool = False,
-                 init_std: float | None = None, skip_weight_param_allocation: bool = False):
+                 init_std: float | torch.Tensor | None = None, skip_weight_param_allocation: bool = False):
         super().__init__(in_features, out_features, config=_megatron_config(ctx),
                          init_method=_no_init, bias=bias, gather_output=False, stride=stride,
                          tp_group=ctx.tp_group, disable_grad_reduce=sequence_parallel,
@@ -73,7 +73,7 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
     output is split back to this rank's [s/tp] shard (reduce-scatter in two steps)."""
 
     def __init__(self, in_features: int, out_features: int, ctx: ParallelContext, *,
-                 bias: bool, sequence_parallel: bool = False, init_std: float | None = None):
+                 bias: bool, sequence_parallel: bool = False, init_std: float | torch.Tensor | None = None):
         super().__init__(in_features, out_features, config=_megatron_config(ctx),
                          init_method=_no_init, bias=bias, input_is_parallel=True,
                          skip_bias_add=False, tp_group=ctx.tp_group)

@@ -2,6 +2,10 @@
 
 Gated variants keep fc1's rows as [activated; linear] (transformers' gate_up_proj order); fc1 is
 split with stride 2 so each TP rank holds [gate_r; up_r] and gates its own slice locally.
+GLM-130B computes GeGLU as x1 * gelu(x2), the activated half second, with the exact (erf) GeLU:
+the same function with fc1's two halves swapped, so a GLM-130B checkpoint's dense_h_to_4h maps
+to fc1 with its halves exchanged, and the glm-130b preset uses the exact GeLU (no
+--openai-gelu).
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ class MLP(torch.nn.Module):
         gated = config.gated_mlp
         self.activation = config.activation
         self.gelu_approximate = "tanh" if config.openai_gelu else "none"
+        fc1_rows = config.ffn_hidden_size * (2 if gated else 1)
+        deepnorm = config.deepnorm  # GLM-130B's init: Xavier normal, scaled, on the FFN
         self.linear_fc1 = ColumnParallelLinear(
-            config.hidden_size, config.ffn_hidden_size * (2 if gated else 1), ctx,
-            sequence_parallel=sequence_parallel, bias=config.add_bias_linear,
-            stride=2 if gated else 1)
+            config.hidden_size, fc1_rows, ctx, sequence_parallel=sequence_parallel,
+            bias=config.add_bias_linear, stride=2 if gated else 1,
+            init_std=config.xavier_normal_std(config.hidden_size, fc1_rows, True)
+            if deepnorm else None)
         self.linear_fc2 = RowParallelLinear(
             config.ffn_hidden_size, config.hidden_size, ctx, sequence_parallel=sequence_parallel,
-            bias=config.add_bias_linear, init_std=config.output_layer_init_std)
+            bias=config.add_bias_linear,
+            init_std=config.xavier_normal_std(config.ffn_hidden_size, config.hidden_size, True)
+            if deepnorm else config.output_layer_init_std)
 
     def _gelu(self, x):
         return F.gelu(x, approximate=self.gelu_approximate)

@@ -1,8 +1,10 @@
 """Rotary position embeddings in the variants the GLM family uses.
 
-- ChatGLM-6B / GLM-130B: 2D RoPE. The head dim is split in two; the first `rotary_dim` dims
-  rotate with the position ids, the next `rotary_dim` with the block position ids; halves are
-  rotated (non-interleaved).
+- ChatGLM-6B: 2D RoPE. The head dim is split in two; the first `rotary_dim` dims rotate with the
+  position ids, the next `rotary_dim` with the block position ids; halves are rotated
+  (non-interleaved), base 10000 (angles in fp16 with rotary_fp16_frequencies, as its code).
+- GLM-130B: 1D RoPE over the whole head (rotary_percent 1), rotate-half, base 10000; no block
+  positions (Part B tokens take their mask's position).
 - ChatGLM2/3, GLM-4: RoPE on the first `rotary_dim` = head_dim * rotary_percent dims, pairs
   (2i, 2i+1) rotated (interleaved), base 10000 * rope_ratio. With `block_position_encoding`
   (blank infilling on this architecture) the block ids feed the next slice, as ChatGLM-6B does.
@@ -30,12 +32,15 @@ class RotaryEmbedding(torch.nn.Module):
         self.dim = config.rotary_dim
         self.interleaved = config.rotary_interleaved
         self.two_dimensional = config.block_position_encoding
+        # ChatGLM-6B's published code: inv_freq, positions and angles in fp16.
+        self.frequency_dtype = torch.float16 if config.rotary_fp16_frequencies else torch.float32
         exponent = torch.arange(0, self.dim, 2, dtype=torch.float32) / self.dim
         self.register_buffer("inv_freq", 1.0 / (config.rotary_base ** exponent), persistent=False)
 
     def _cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
         # positions [b, s] -> cos/sin [s, b, 1, dim] broadcasting over heads.
-        freqs = positions.transpose(0, 1).float()[..., None] * self.inv_freq.to(positions.device)
+        inv_freq = self.inv_freq.to(positions.device, self.frequency_dtype)
+        freqs = positions.transpose(0, 1).to(self.frequency_dtype)[..., None] * inv_freq
         if self.interleaved:
             freqs = freqs.repeat_interleave(2, dim=-1)
         else:

@@ -44,10 +44,10 @@ class TransformerLayer(torch.nn.Module):
                     if cfg.apply_residual_connection_post_layernorm else residual_in)
         return residual + F.dropout(sublayer_out, p=cfg.hidden_dropout, training=self.training)
 
-    def forward(self, hidden, rotary, rotary_tables, mask):
+    def forward(self, hidden, rotary, rotary_tables, mask, kv_cache=None):
         post = self.config.post_sublayer_norms
         normed = self.input_layernorm(hidden)
-        attention = self.self_attention(normed, rotary, rotary_tables, mask)
+        attention = self.self_attention(normed, rotary, rotary_tables, mask, kv_cache)
         hidden = self._residual_add(hidden, normed, attention,
                                     self.post_self_attn_layernorm if post else None)
         normed = self.pre_mlp_layernorm(hidden)
@@ -82,7 +82,12 @@ class TransformerBlock(torch.nn.Module):
             return [(chain[i:i + n], True) for i in range(0, len(chain), n)]
         return [(chain[:n], True), (chain[n:], False)]
 
-    def forward(self, hidden, rotary, rotary_tables, mask: Optional[torch.Tensor]):
+    def forward(self, hidden, rotary, rotary_tables, mask: Optional[torch.Tensor],
+                kv_cache=None):
+        if kv_cache is not None:  # incremental decoding (model.kv_cache): no recomputation
+            for number, layer in self.layers.items():
+                hidden = layer(hidden, rotary, rotary_tables, mask, kv_cache.layer(int(number)))
+            return hidden if self.final_layernorm is None else self.final_layernorm(hidden)
         for group, recompute in self._checkpoint_groups():
             def run(h, group=group):
                 for layer in group:

@@ -11,7 +11,8 @@ Batches (torch tensors, one static shape per objective and seq_length, see `coll
     position_ids  int64   [b, 2, L]  (positions, block positions); causal: [b, L]
     sep           int64   [b]        Part A length (bidirectional); causal: absent
 - causal: L = seq_length (samples of seq_length + 1 tokens)
-- prefix-lm: L = seq_length (ChatGLM-6B's prefix + [gMASK] + <sop> + continuation)
+- prefix-lm: L = seq_length (prefix + [gMASK] + <sop> + continuation: GLM's document-level blank
+  as the suffix only)
 - blank-infilling: L = BlankInfillingConfig.output_length(seq_length) (GLM's objective)
 """
 

@@ -53,7 +53,10 @@ so a sample of only very short documents is covered less (documents of 1-11 toke
 
 Positions never reach seq_length (Part A is at most seq_length long, block ids at most
 seq_length - 1), so max_position_embeddings >= seq_length suffices although L > seq_length.
-Not implemented from GLM: the [CLS] token GLM puts before each sample, sentinel tokens,
+With prepend_cls (GLM's pretraining of glm-large and glm-10b) every sample and every document
+packed after an eod starts with [CLS], as in GLM's BlockDataset; the tail beyond seq_length is
+cut, and [CLS] is never part of a span.
+Not implemented from GLM: sentinel tokens,
 context_mask_ratio, random_position, single_span_prob, masked_lm and encoder-decoder batches.
 """
 
@@ -103,6 +106,8 @@ class BlankInfillingConfig:
     shuffle_blocks: bool = True
     task_mask: bool = False
     block_position: bool = True
+    # GLM (glm-large, glm-10b) starts every sample and every packed document with [CLS].
+    prepend_cls: bool = False
     max_block_length: int = 40
     # Static shape (see the module docstring): None derives max_spans from the mask ratios.
     max_spans: Optional[int] = None
@@ -155,7 +160,7 @@ class BlankInfillingConfig:
                   ("bert_prob", "gap_sentence_prob", "gpt_infill_prob", "gpt_min_ratio",
                    "avg_block_length", "bert_mask_ratio", "gap_sentence_ratio",
                    "block_mask_prob", "short_seq_prob", "task_mask", "max_block_length",
-                   "max_spans") if getattr(args, name, None) is not None}
+                   "max_spans", "prepend_cls") if getattr(args, name, None) is not None}
         if getattr(args, "no_shuffle_block", None) is not None:
             values["shuffle_blocks"] = not args.no_shuffle_block
         if getattr(args, "no_block_position", None) is not None:
@@ -189,10 +194,13 @@ def add_arguments(parser: argparse.ArgumentParser):
                    help="probability that a micro-batch is cut to shorter sub-segments")
     g.add_argument("--no-shuffle-block", action="store_true",
                    help="keep the spans in text order in Part B")
-    g.add_argument("--task-mask", action="store_true",
+    g.add_argument("--task-mask", action=argparse.BooleanOptionalAction, default=d.task_mask,
                    help="[sMASK] for sentences and [gMASK] for documents instead of [MASK]")
     g.add_argument("--no-block-position", action="store_true",
                    help="block position ids 1 on all of Part B instead of 1, 2, ...")
+    g.add_argument("--prepend-cls", action=argparse.BooleanOptionalAction, default=d.prepend_cls,
+                   help="start every sample and packed document with [CLS], as GLM's "
+                        "pretraining of glm-large and glm-10b did (on in those presets' recipe)")
     g.add_argument("--max-block-length", type=int, default=d.max_block_length,
                    help="token mode: longest span")
     g.add_argument("--max-spans", type=int,
@@ -242,6 +250,10 @@ class BlankInfillingCollator:
                  seq_length: int):
         self.config = config
         self.special = SpecialTokenIds.coerce(special_ids)
+        if config.prepend_cls and self.special.cls is None:
+            raise ValueError("--prepend-cls needs the [CLS] token id; the tokenizer has none")
+        self._boundary_ids = [t for t in (self.special.eod, self.special.pad, self.special.cls)
+                              if t is not None]
         self.sentence_end = check_sentence_end_table(sentence_end_table, self.special)
         self.seq_length = seq_length
         self.length = config.output_length(seq_length)
@@ -287,21 +299,31 @@ class BlankInfillingCollator:
                                  "the whole vocabulary")
             if cut is not None:
                 x = self._short_segment(x, cut, rng)
+            if self.config.prepend_cls:
+                x = self._with_cls(x)
+            # Spans are drawn in the text after the leading [CLS], which stays in Part A.
+            body = x[1:] if self.config.prepend_cls else x
             if mode == "token":
-                starts, lengths = self._token_spans(x, rng)
+                starts, lengths = self._token_spans(body, rng)
                 eop = True
             elif mode == "sentence":
-                starts, lengths = self._sentence_spans(x, rng)
+                starts, lengths = self._sentence_spans(body, rng)
                 eop = True
             else:
-                starts, lengths, eop = self._document_span(x, rng)
-            self._write_row(out, row, x, starts, lengths, eop, mode, rng)
+                starts, lengths, eop = self._document_span(body, rng)
+            self._write_row(out, row, x, starts + (len(x) - len(body)), lengths, eop, mode, rng)
         return to_batch(out)
 
     # -- where documents, sentences and spans are ------------------------------------------
 
     def _boundaries(self, x: np.ndarray) -> np.ndarray:
-        return (x == self.special.eod) | (x == self.special.pad)
+        return np.isin(x, self._boundary_ids)
+
+    def _with_cls(self, x: np.ndarray) -> np.ndarray:
+        """[CLS] before the sample and before every document packed after an eod (GLM's
+        BlockDataset), cut back to seq_length tokens."""
+        eod = np.flatnonzero(x[:-1] == self.special.eod) + 1
+        return np.insert(x, np.concatenate(([0], eod)), self.special.cls)[:self.seq_length]
 
     def _short_segment(self, x: np.ndarray, length: int, rng) -> np.ndarray:
         """A random sub-segment of about `length` tokens, starting at a sentence start and

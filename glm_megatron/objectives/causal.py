@@ -2,9 +2,12 @@
 
 - causal: tokens = sample[:-1], labels = sample[1:], position ids 0..L-1 ([b, L]), loss 1 on
   every real label (0 on padding), no sep. L = seq_length; samples carry seq_length + 1 tokens.
-- prefix-lm (ChatGLM-6B): the first p tokens (p ~ U[1, m - 1] per sample, m = the tokens used)
-  followed by [gMASK] form Part A (bidirectional, sep = p + 1); then <sop> and the rest of the
-  sample, generated causally. Targets are aligned (Part B: sample[p:m]); positions count 0..p over
+- prefix-lm: a prefix LM in GLM's layout, i.e. GLM's document-level blank ([gMASK]) with the
+  span always the suffix of the sample; no published GLM model was pretrained with it alone
+  (ChatGLM-6B's pretraining was GLM's blank infilling with task masks, per its maintainers:
+  --objective blank-infilling --task-mask). The first p tokens (p ~ U[1, m - 1] per sample,
+  m = the tokens used) followed by [gMASK] form Part A (bidirectional, sep = p + 1); then <sop>
+  and the rest of the sample, generated causally. Targets are aligned (Part B: sample[p:m]); positions count 0..p over
   Part A and stay at p ([gMASK]'s index) over Part B, block positions are 0 on Part A and
   1, 2, ... from <sop> on (1 throughout Part B with block_position off). The generated text runs
   on past the window, so there is no eop. L = seq_length, so m = seq_length - 1 sample tokens
@@ -55,7 +58,7 @@ class CausalCollator:
 
 
 class PrefixLMCollator:
-    """ChatGLM-6B's prefix LM: Part A = prefix + [gMASK], Part B = <sop> + the rest."""
+    """Prefix LM in GLM's layout: Part A = prefix + [gMASK], Part B = <sop> + the rest."""
 
     def __init__(self, special_ids, seq_length: int, block_position: bool = True):
         self.special = SpecialTokenIds.coerce(special_ids)

@@ -28,10 +28,13 @@ class SpecialTokenIds:
     dblock: int
     pad: int
     eod: int
+    cls: Optional[int] = None  # [CLS], which GLM puts before each document (--prepend-cls)
 
     def __post_init__(self):
-        for name in SPECIAL_TOKEN_NAMES:
+        for name in SPECIAL_TOKEN_NAMES + ("cls",):
             value = getattr(self, name)
+            if name == "cls" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"special token id {name}={value!r} must be a non-negative int")
             object.__setattr__(self, name, int(value))
@@ -40,8 +43,10 @@ class SpecialTokenIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "SpecialTokenIds":
-        """From any object with the properties mask, smask, gmask, sop, eop, dblock, pad, eod."""
-        return cls(**{name: getattr(tokenizer, name) for name in SPECIAL_TOKEN_NAMES})
+        """From any object with the properties mask, smask, gmask, sop, eop, dblock, pad, eod
+        (and cls, when it has one)."""
+        return cls(**{name: getattr(tokenizer, name) for name in SPECIAL_TOKEN_NAMES},
+                   cls=getattr(tokenizer, "cls", None))
 
     @classmethod
     def coerce(cls, value) -> "SpecialTokenIds":
@@ -49,7 +54,7 @@ class SpecialTokenIds:
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            unknown = set(value) - set(SPECIAL_TOKEN_NAMES)
+            unknown = set(value) - set(SPECIAL_TOKEN_NAMES) - {"cls"}
             if unknown:
                 raise ValueError(f"unknown special token names {sorted(unknown)}; expected "
                                  f"{', '.join(SPECIAL_TOKEN_NAMES)}")
@@ -57,7 +62,8 @@ class SpecialTokenIds:
         return cls.from_tokenizer(value)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The ids that are set, by name."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def microbatch_rng(seed: int, microbatch: int, split: int = 0) -> np.random.Generator:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -20,7 +20,8 @@ class ParamRole:
     # (dim, stride) of the split over tensor-parallel ranks; None = replicated. A stride of s
     # means the full dimension is s equal blocks (SwiGLU's [gate; up]), each split separately.
     partition: Optional[tuple[int, int]] = None
-    init_std: Optional[float] = None  # N(0, init_std); None: the config's init_method_std
+    # N(0, init_std), one std or one per row of the full tensor; None: config.init_method_std
+    init_std: Optional[Union[float, torch.Tensor]] = None
     init_constant: Optional[float] = None  # a constant instead (norm weights 1, biases 0)
     # The last pipeline stage's copy of tied word embeddings: drawn as `init_name`, its
     # gradient summed with the original's, counted once in norms and written once in exports.

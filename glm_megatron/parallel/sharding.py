@@ -48,7 +48,7 @@ def initialize_parameters(model: torch.nn.Module, seed: int, default_std: float,
     """Fill every parameter with the same full values a single-process run would draw.
 
     Biases start at zero, norm weights at one, everything else ~ N(0, std) where std is the
-    role's `init_std` or `default_std`.
+    role's `init_std` (a number, or one per row of the full tensor) or `default_std`.
     """
     for name, param in model.named_parameters():
         role = role_of(param)
@@ -58,7 +58,11 @@ def initialize_parameters(model: torch.nn.Module, seed: int, default_std: float,
         std = role.init_std if role.init_std is not None else default_std
         full = torch.empty(full_shape(param, tp_size), dtype=torch.float32)
         # A tied copy (the head on the last pipeline stage) draws its original's values.
-        full.normal_(0.0, std, generator=_generator(seed, role.tied_copy_of or name))
+        generator = _generator(seed, role.tied_copy_of or name)
+        if isinstance(std, torch.Tensor):  # one std per row of the full tensor (DeepNorm's QKV)
+            full.normal_(0.0, 1.0, generator=generator).mul_(std.view(-1, *[1] * (full.dim() - 1)))
+        else:
+            full.normal_(0.0, std, generator=generator)
         spec = role.partition
         local = full if spec is None else shard(full, spec[0], spec[1], tp_rank, tp_size)
         param.copy_(local)
