@@ -538,3 +538,26 @@ def test_ids_outside_the_table_are_reported():
     c = collator(32)
     with pytest.raises(ValueError, match="sentence-end table"):
         c([np.full(32, 150)], microbatch_rng(0, 0))
+
+
+@pytest.mark.parametrize("probs,mode", [(dict(bert_prob=1.0), 0),
+                                        (dict(bert_prob=0.0, gap_sentence_prob=1.0), 1),
+                                        (dict(bert_prob=0.0, gap_sentence_prob=0.0), 2)])
+def test_batches_name_their_span_kind(probs, mode):
+    c = collator(96, **probs)
+    batch = c(packed_samples(np.random.default_rng(3), 3, 96), microbatch_rng(0, 0))
+    assert batch["mode"].tolist() == [mode] * 3
+
+
+def test_loss_reports_each_span_kind():
+    """The LM loss is the token mean; its report splits summed losses and counts by kind."""
+    from glm_megatron.training.losses import language_model_loss, mode_report_keys
+    token_losses = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    batch = {"loss_mask": torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]),
+             "mode": torch.tensor([0, 2, 0])}
+    loss, report = language_model_loss(token_losses, batch)
+    assert loss.item() == pytest.approx((1 + 2 + 5 + 6 + 7) / 5)
+    assert sorted(report) == sorted(mode_report_keys())
+    assert (report["token loss sum"], report["token tokens"]) == (10.0, 3.0)
+    assert (report["document loss sum"], report["document tokens"]) == (11.0, 2.0)
+    assert (report["sentence loss sum"], report["sentence tokens"]) == (0.0, 0.0)

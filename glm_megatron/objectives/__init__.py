@@ -10,6 +10,7 @@ Batches (torch tensors, one static shape per objective and seq_length, see `coll
     loss_mask     float32 [b, L]
     position_ids  int64   [b, 2, L]  (positions, block positions); causal: [b, L]
     sep           int64   [b]        Part A length (bidirectional); causal: absent
+    mode          int64   [b]        blank-infilling: the span kind, an index of BLANK_MODES
 - causal: L = seq_length (samples of seq_length + 1 tokens)
 - prefix-lm: L = seq_length (prefix + [gMASK] + <sop> + continuation: GLM's document-level blank
   as the suffix only)
@@ -20,15 +21,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .blank_infilling import (BlankInfillingCollator, BlankInfillingConfig, add_arguments,
-                              collate, truncated_poisson_cdf, truncated_poisson_mean)
+from .blank_infilling import (BLANK_MODES, BlankInfillingCollator, BlankInfillingConfig,
+                              add_arguments, collate, truncated_poisson_cdf,
+                              truncated_poisson_mean)
 from .causal import CausalCollator, PrefixLMCollator
 from .common import (SpecialTokenIds, is_sentence_end_piece, microbatch_rng,
                      sentence_end_table)
 
 OBJECTIVES = ("causal", "prefix-lm", "blank-infilling")
 
-__all__ = ["OBJECTIVES", "BlankInfillingCollator", "BlankInfillingConfig", "CausalCollator",
+__all__ = ["BLANK_MODES", "OBJECTIVES", "BlankInfillingCollator", "BlankInfillingConfig", "CausalCollator",
            "PrefixLMCollator", "SpecialTokenIds", "add_arguments", "build_collator", "collate",
            "is_sentence_end_piece", "microbatch_rng", "sentence_end_table",
            "truncated_poisson_cdf", "truncated_poisson_mean"]

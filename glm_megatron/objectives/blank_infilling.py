@@ -89,6 +89,10 @@ FLAGS = {
 _SHORT_SEQ_MIN = 32  # GLM's shortest cut
 
 
+# The three kinds of spans, one drawn per micro-batch; a batch's `mode` holds its index here.
+BLANK_MODES = ("token", "sentence", "document")
+
+
 @dataclass
 class BlankInfillingConfig:
     """GLM's blank-infilling knobs, named and defaulted as GLM's flags (underscores for dashes;
@@ -290,6 +294,7 @@ class BlankInfillingCollator:
             hi = max(self.seq_length - 2, 1)
             cut = int(rng.integers(min(_SHORT_SEQ_MIN, hi), hi + 1))
         mode = self.choose_mode(u_mode)
+        out["mode"] = np.full(b, BLANK_MODES.index(mode), dtype=np.int64)
         vocab = len(self.sentence_end)
         for row, x in enumerate(samples):
             x = x[:content_length(x, s.pad)]

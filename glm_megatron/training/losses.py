@@ -9,12 +9,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..objectives import BLANK_MODES
+
 
 def language_model_loss(token_losses: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
-    """The mean of per-token losses [b, s] over the tokens in `loss_mask`."""
+    """The mean of per-token losses [b, s] over the tokens in `loss_mask`. Blank-infilling
+    batches (with `mode`) also report each span kind's summed loss and token count, so that
+    validation can tell which kind learns."""
     loss_mask = batch["loss_mask"].float()
-    loss = (token_losses * loss_mask).sum() / loss_mask.sum().clamp(min=1.0)
-    return loss, {}
+    row_losses, row_tokens = (token_losses * loss_mask).sum(dim=1), loss_mask.sum(dim=1)
+    loss = row_losses.sum() / row_tokens.sum().clamp(min=1.0)
+    report = {}
+    if "mode" in batch:
+        for code, name in enumerate(BLANK_MODES):
+            rows = batch["mode"] == code
+            report[f"{name} loss sum"] = row_losses[rows].sum().detach()
+            report[f"{name} tokens"] = row_tokens[rows].sum()
+    return loss, report
+
+
+def mode_report_keys() -> list[str]:
+    """The report entries of language_model_loss on blank-infilling batches."""
+    return [f"{name} {kind}" for name in BLANK_MODES for kind in ("loss sum", "tokens")]
 
 
 def choice_scores(token_losses: torch.Tensor, batch: dict, length_penalty: float = 0.0
