@@ -66,11 +66,9 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.multiprocessing as mp
@@ -78,7 +76,8 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glm_megatron.parallel.state import free_port  # noqa: E402
-from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
+from harness import (RssSampler, become_rank, chatglm3_style_config, cpus,  # noqa: E402
+                     current_rss, load_average,
                      print_table)
 
 WORLD_SIZE = 2  # data-parallel ranks: the distributed optimizer needs DP > 1 to shard
@@ -178,45 +177,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Measurements inside one rank
 # --------------------------------------------------------------------------------------------
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def current_rss() -> int:
-    """Resident set size of this process in bytes (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
 def max_rss() -> int:
     """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class RssSampler:
-    """Highest RSS seen while the context is open, sampled by a background thread. Torch ops
-    release the GIL while they compute, so the thread samples during them too."""
-
-    def __init__(self, interval_s: float):
-        self.interval_s = interval_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def _run(self):
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, current_rss())
-
-    def __enter__(self):
-        self.peak = current_rss()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss())
 
 
 class SavedActivationCounter:

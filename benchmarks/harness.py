@@ -1,10 +1,13 @@
-"""What the benchmarks share: the model they time, the machine line, tables, spawned ranks."""
+"""What the benchmarks share: the model they time, the machine line, tables, spawned ranks,
+resident memory."""
 
 from __future__ import annotations
 
 import os
 import platform
+import threading
 import warnings
+from typing import Optional
 
 
 def chatglm3_style_config(args, vocab_size: int):
@@ -58,3 +61,39 @@ def become_rank(rank: int, world_size: int, port: int, threads: int):
                       OMP_NUM_THREADS=str(threads))
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+class RssSampler:
+    """Highest RSS seen while the context is open, sampled by a background thread. Torch ops
+    release the GIL while they compute, so the thread samples during them too."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _run(self):
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, current_rss())
+
+    def __enter__(self):
+        self.peak = current_rss()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss())
