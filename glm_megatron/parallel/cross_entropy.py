@@ -40,16 +40,26 @@ def _tokens_per_chunk(partition_size: int, chunk_tokens: Optional[int]) -> int:
     return max(1, DEFAULT_CHUNK_ELEMENTS // partition_size)
 
 
-def _local_statistics(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int):
+def _fp32_scratch(logits: torch.Tensor, private: bool) -> torch.Tensor:
+    """An fp32 tensor of a chunk's logits that may be overwritten: the chunk itself when it is
+    fp32 and `private` (made here, nobody else reads it), else a copy."""
+    if logits.dtype == torch.float32 and private:
+        return logits
+    return logits.to(torch.float32, copy=True)
+
+
+def _local_statistics(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int,
+                      private: bool):
     """Of one chunk [n, v] (any float dtype) and its global label ids [n]: this slice's
-    logsumexp [n] and the label's logit where the label falls in the slice, else 0 [n], fp32."""
+    logsumexp [n] and the label's logit where the label falls in the slice, else 0 [n], fp32.
+    One fp32 temporary of the chunk at most; `private` chunks are overwritten."""
     local = labels - vocab_start
     here = (local >= 0) & (local < logits.shape[-1])
     target = logits.gather(-1, local.clamp(0, logits.shape[-1] - 1)[:, None])[:, 0].float()
     target = target.masked_fill_(~here, 0.0)
-    peak = logits.amax(dim=-1).float()
-    # One fp32 temporary of the chunk (torch.sub promotes; the caller's logits stay intact).
-    logsumexp = torch.sub(logits, peak[:, None]).exp_().sum(dim=-1).log_().add_(peak)
+    x = _fp32_scratch(logits, private)
+    peak = x.amax(dim=-1)
+    logsumexp = x.sub_(peak[:, None]).exp_().sum(dim=-1).log_().add_(peak)
     return logsumexp, target
 
 
@@ -66,14 +76,18 @@ def _combine(logsumexp: torch.Tensor, target: torch.Tensor, group):
 
 
 def _logits_grad(logits: torch.Tensor, labels: torch.Tensor, logsumexp: torch.Tensor,
-                 grad_loss: torch.Tensor, vocab_start: int) -> torch.Tensor:
+                 grad_loss: torch.Tensor, vocab_start: int, private: bool) -> torch.Tensor:
     """d loss / d logits of one chunk, (softmax - onehot(label)) x grad_loss, in the logits'
-    dtype (computed in fp32)."""
-    grad = torch.sub(logits, logsumexp[:, None]).exp_()
+    dtype (computed in fp32; `private` chunks are overwritten)."""
+    grad = _fp32_scratch(logits, private).sub_(logsumexp[:, None]).exp_()
     local = labels - vocab_start
     rows = torch.nonzero((local >= 0) & (local < logits.shape[-1]))[:, 0]
     grad[rows, local[rows]] -= 1.0
-    return grad.mul_(grad_loss[:, None]).to(logits.dtype)
+    grad.mul_(grad_loss[:, None])
+    if grad is logits:
+        return grad
+    # A private chunk's own buffer takes the result: no second chunk-sized tensor.
+    return logits.copy_(grad) if private else grad.to(logits.dtype)
 
 
 def _chunks(count: int, size: int):
@@ -87,7 +101,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         logits2d, labels1d = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         start = _vocab_start(logits.shape[-1], group)
         spans = _chunks(labels1d.numel(), _tokens_per_chunk(logits.shape[-1], chunk_tokens))
-        stats = [_local_statistics(logits2d[a:b], labels1d[a:b], start) for a, b in spans]
+        stats = [_local_statistics(logits2d[a:b], labels1d[a:b], start, private=False)
+                 for a, b in spans]
         logsumexp, loss = _combine(torch.cat([s[0] for s in stats]),
                                    torch.cat([s[1] for s in stats]), group)
         ctx.save_for_backward(logits, labels1d, logsumexp)
@@ -102,7 +117,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         grad = torch.empty_like(logits2d)
         for a, b in ctx.spans:
             grad[a:b] = _logits_grad(logits2d[a:b], labels[a:b], logsumexp[a:b], grad_loss[a:b],
-                                     ctx.vocab_start)
+                                     ctx.vocab_start, private=False)
         return grad.view_as(logits), None, None, None
 
 
@@ -123,7 +138,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         targets = labels.transpose(0, 1).reshape(s * b)  # [b, s] -> hidden's token order
         start = _vocab_start(weight.shape[0], group)
         spans = _chunks(s * b, _tokens_per_chunk(weight.shape[0], chunk_tokens))
-        stats = [_local_statistics(x[i:j] @ weight.t(), targets[i:j], start) for i, j in spans]
+        stats = [_local_statistics(x[i:j] @ weight.t(), targets[i:j], start, private=True)
+                 for i, j in spans]
         logsumexp, loss = _combine(torch.cat([t[0] for t in stats]),
                                    torch.cat([t[1] for t in stats]), group)
         ctx.save_for_backward(hidden, weight, targets, logsumexp)
@@ -137,16 +153,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         x = hidden.reshape(s * b, h)
         grad_loss = grad_loss.transpose(0, 1).reshape(s * b).float()
         grad_hidden = torch.empty_like(x)
-        # Summed over chunks in fp32 (one rounding to the weight's dtype at the end, as a
-        # single matmul over all tokens would have).
-        grad_weight = None
+        # Accumulated in the weight's dtype, in the returned gradient itself: an fp32
+        # accumulator would be as large as the fp32 logits of h tokens (weight-sized).
+        grad_weight = torch.zeros_like(weight)
         for i, j in ctx.spans:
             grad_logits = _logits_grad(x[i:j] @ weight.t(), targets[i:j], logsumexp[i:j],
-                                       grad_loss[i:j], ctx.vocab_start)
-            grad_hidden[i:j] = grad_logits @ weight
-            partial = grad_logits.t() @ x[i:j]
-            grad_weight = partial.float() if grad_weight is None else grad_weight.add_(partial)
-        return (grad_hidden.view(s, b, h), grad_weight.to(weight.dtype), None, None, None)
+                                       grad_loss[i:j], ctx.vocab_start, private=True)
+            torch.mm(grad_logits, weight, out=grad_hidden[i:j])
+            grad_weight.addmm_(grad_logits.t(), x[i:j])
+        return grad_hidden.view(s, b, h), grad_weight, None, None, None
 
 
 def chunked_vocab_parallel_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
