@@ -10,15 +10,22 @@ os.environ.setdefault("GLM_MEGATRON_CACHE", tempfile.mkdtemp(prefix="glm_megatro
 
 import pytest  # noqa: E402
 
+from glm_testing import TEST_DEVICE  # noqa: E402
+
+if TEST_DEVICE == "cpu":
+    # The suite's default is CPU: hide GPUs from it and from every process it starts, so that
+    # `--device auto` in a subprocess picks CPU too.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 
 @pytest.fixture(scope="module")
 def single_process_world():
-    """A world of one (gloo) with megatron-core's groups, for in-process model tests."""
+    """A world of one with megatron-core's groups on GLM_TEST_DEVICE, for in-process tests."""
     import glm_megatron  # noqa: F401
     from glm_megatron.parallel import state
     from glm_megatron.parallel.random import set_random_seed
 
-    state.initialize_parallel(1, 1, "cpu")
+    state.initialize_parallel(1, 1, TEST_DEVICE)
     set_random_seed(1234)
     yield
     state.shutdown()

@@ -458,7 +458,8 @@ def test_model_consumes_the_batch(single_process_world):
     model = build_model(tiny_config("glm-tiny", block_position_encoding=True), seed=3).eval()
     seq = 96
     c = collator(seq, bert_prob=0.4, gap_sentence_prob=0.3)
-    batch = c(packed_samples(np.random.default_rng(14), 2, seq), microbatch_rng(0, 0))
+    from glm_megatron.training.step import to_device
+    batch = to_device(c(packed_samples(np.random.default_rng(14), 2, seq), microbatch_rng(0, 0)))
     assert c.length <= model.config.max_position_embeddings
     with torch.no_grad():
         loss = model(batch)

@@ -15,13 +15,15 @@ BF16_TOLERANCE = dict(rtol=2e-2, atol=2e-3)
 
 
 def _case(dtype: torch.dtype, seed: int = 0):
-    """hidden [s, b, h], full weight [vocab, h], labels [b, s], upstream gradient [b, s]."""
+    """hidden [s, b, h], full weight [vocab, h], labels [b, s], upstream gradient [b, s], on
+    this process's device."""
+    from glm_megatron.parallel import state
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(SEQ, BATCH, HIDDEN, generator=g).to(dtype)
     weight = (0.5 * torch.randn(VOCAB, HIDDEN, generator=g)).to(dtype)
     labels = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g)
     grad_loss = torch.rand(BATCH, SEQ, generator=g) + 0.5
-    return hidden, weight, labels, grad_loss
+    return tuple(t.to(state.device()) for t in (hidden, weight, labels, grad_loss))
 
 
 def _with_grads(fn, hidden, weight, grad_loss):

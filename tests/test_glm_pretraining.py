@@ -23,6 +23,7 @@ from glm_megatron.data.tokenizer import GLMTokenizer
 from glm_megatron.generation import generate_spans, load_model
 from glm_megatron.objectives import (BlankInfillingConfig, SpecialTokenIds, build_collator,
                                      microbatch_rng, sentence_end_table)
+from glm_megatron.training.step import to_device
 
 SEQ = 64
 # Every mode and every random knob on, so that the loader's generator is exercised throughout.
@@ -173,7 +174,7 @@ def test_blank_infilling_learns_and_fills_blanks(tmp_path, single_process_world)
     collator = build_collator("blank-infilling", BlankInfillingConfig(bert_prob=1.0,
                                                                       bert_mask_ratio=0.3),
                               tokenizer, sentence_end_table(tokenizer.pieces()), SEQ)
-    batch = collator(passages, microbatch_rng(0, 0))
+    batch = to_device(collator(passages, microbatch_rng(0, 0)))
     shuffled = dict(batch, tokens=batch["tokens"].clone())
     generator = torch.Generator().manual_seed(0)
     for row, sep in enumerate(batch["sep"].tolist()):

@@ -64,7 +64,7 @@ def test_classification_head_pools_rightmost_non_pad(single_process_world):
     pooled = model.pooled_logits(batch["tokens"], batch["position_ids"])
     hidden = model.hidden_states(batch["tokens"], batch["position_ids"])
     torch.testing.assert_close(pooled, model.score(hidden[4]))
-    batch["labels"] = torch.tensor([0, 2])
+    batch["labels"] = torch.tensor([0, 2], device=batch["tokens"].device)
     assert model(batch).item() > 0
 
 
