@@ -75,3 +75,30 @@ def test_tp_divisibility_errors():
         config.check_tensor_parallel(4)
     with pytest.raises(ConfigError, match="--num-attention-heads"):
         tiny_config("glm-tiny", num_attention_heads=3, kv_channels=16).check_tensor_parallel(2)
+
+
+def test_apex_norms_only_on_cuda(monkeypatch):
+    """apex's fused norms are picked on a CUDA run when apex imports, torch's otherwise (here a
+    stand-in apex module; the selection is what is tested)."""
+    import sys
+    import types
+    from glm_megatron.model import layers
+    from glm_megatron.parallel import state
+
+    class FusedLayerNorm(torch.nn.LayerNorm):
+        pass
+
+    class FusedRMSNorm(torch.nn.RMSNorm):
+        pass
+
+    normalization = types.ModuleType("apex.normalization")
+    normalization.FusedLayerNorm, normalization.FusedRMSNorm = FusedLayerNorm, FusedRMSNorm
+    monkeypatch.setitem(sys.modules, "apex", types.ModuleType("apex"))
+    monkeypatch.setitem(sys.modules, "apex.normalization", normalization)
+    monkeypatch.setattr(state, "device", lambda: torch.device("cuda"))
+    assert layers._norm_classes() == (FusedLayerNorm, FusedRMSNorm)
+    monkeypatch.setattr(state, "device", lambda: torch.device("cpu"))
+    assert layers._norm_classes() == (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    monkeypatch.setattr(state, "device", lambda: torch.device("cuda"))
+    monkeypatch.setitem(sys.modules, "apex.normalization", None)  # apex not installed
+    assert layers._norm_classes() == (torch.nn.LayerNorm, torch.nn.RMSNorm)

@@ -11,6 +11,7 @@ from megatron.core import ModelParallelConfig, tensor_parallel
 from megatron.core import parallel_state as mpu
 
 from ..config import GLMConfig
+from ..parallel import state
 from ..parallel.sequence import gather_sequence, split_sequence
 
 
@@ -103,12 +104,17 @@ def _mark(layer: torch.nn.Module, init_std: float | None):
 
 
 def _norm_classes():
-    """apex's fused norms when importable (they fall back to torch on CPU), else torch's."""
-    try:
-        from apex.normalization import FusedLayerNorm, FusedRMSNorm
-        return FusedLayerNorm, FusedRMSNorm
-    except ImportError:
-        return torch.nn.LayerNorm, torch.nn.RMSNorm
+    """apex's fused norms on a CUDA run where apex is importable, else torch's. (On CPU apex
+    only falls back to torch. Transformer Engine's norms are not used: they add an
+    `_extra_state` entry per norm to the state dict, which the checkpoint and conversion
+    layouts do not have.)"""
+    if state.device().type == "cuda":
+        try:
+            from apex.normalization import FusedLayerNorm, FusedRMSNorm
+            return FusedLayerNorm, FusedRMSNorm
+        except ImportError:
+            pass
+    return torch.nn.LayerNorm, torch.nn.RMSNorm
 
 
 def norm(config: GLMConfig, mp: ModelParallelConfig) -> torch.nn.Module:
