@@ -9,7 +9,7 @@
 #
 # Environment: PYTHON (default python3); GLM_WHEELS, a folder of wheels installed first into a
 # private target (for a machine without a package registry: megatron-core is rarely there; see
-# the README's "The first GPU").
+# benchmarks/README.md, "The first GPU").
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
