@@ -38,7 +38,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import RssSampler, cpus, current_rss, load_average, print_table  # noqa: E402
+from harness import (RssSampler, cpus, current_rss, load_average,  # noqa: E402
+                     markdown_table, print_table)
 
 METHODS = ("materialised", "logits", "chunked")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -173,9 +174,7 @@ def main(argv=None) -> int:
         command = " ".join(["python", "benchmarks/bench_loss_memory.py", *sys.argv[1:]])
         lines = [f"Command: `{command}`", "", f"Machine: {cpus()}, device {args.device}, "
                  f"torch {torch.__version__}", "", "; ".join(sizes) + " (peaks are above the "
-                 "inputs: hidden states and weight)", "",
-                 "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+                 "inputs: hidden states and weight)", "", *markdown_table(header, rows)]
         with open(args.markdown_out, "w") as f:
             f.write("\n".join(lines) + "\n")
         print(f"\nmarkdown table written to {args.markdown_out}")

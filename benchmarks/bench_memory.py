@@ -77,8 +77,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glm_megatron.parallel.state import free_port  # noqa: E402
 from harness import (RssSampler, become_rank, chatglm3_style_config, cpus,  # noqa: E402
-                     current_rss, load_average,
-                     print_table)
+                     current_rss, load_average, markdown_table, print_table)
 
 WORLD_SIZE = 2  # data-parallel ranks: the distributed optimizer needs DP > 1 to shard
 MIB = 2.0 ** 20
@@ -528,9 +527,7 @@ def markdown(args, config, machine: str, results: list[VariantResult]) -> str:
     command = " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])
     out = [f"Command: `{command}`", "", f"Machine: {machine}", "", describe(args, config), ""]
     for title, header, rows in tables(results):
-        out += [f"{title}:", "", "| " + " | ".join(header) + " |",
-                "|" + "|".join("---" for _ in header) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out += [f"{title}:", "", *markdown_table(header, rows)]
         out.append("")
     return "\n".join(out)
 

@@ -44,7 +44,7 @@ from typing import Callable
 
 import torch
 
-from harness import chatglm3_style_config, cpus, load_average, print_table
+from harness import chatglm3_style_config, cpus, load_average, markdown_table, print_table
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FRAMEWORKS = ("ours", "transformers", "transformers-compile")
@@ -382,8 +382,7 @@ def markdown(header, rows, rates, args, lines: list[str], machine: str) -> str:
            f"Matmul rate (torch.matmul {args.matmul_size}x{args.matmul_size}, best of "
            f"{args.matmul_reps} before and {args.matmul_reps} after the runs): " +
            ", ".join(f"{d} {rates[d] / 1e12:.3f} TFLOP/s" for d in args.dtypes), "",
-           "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+           *markdown_table(header, rows)]
     return "\n".join(out) + "\n"
 
 

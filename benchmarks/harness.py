@@ -54,6 +54,12 @@ def print_table(header: list[str], rows: list[list[str]]):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def become_rank(rank: int, world_size: int, port: int, threads: int):
     """In a spawned process: the torchrun-style environment of `rank`, and quiet imports."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
