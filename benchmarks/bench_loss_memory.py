@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from harness import (RssSampler, cpus, current_rss, load_average,  # noqa: E402
-                     markdown_table, print_table)
+                     markdown_table, print_table, write_markdown)
 
 METHODS = ("materialised", "logits", "chunked")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunk-tokens", type=int, default=None,
                    help="tokens per chunk of the chunked methods (default: ~2**26 logits)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--markdown-out", default=None, help="also write the table here as markdown")
+    p.add_argument("--markdown-out", default=None, help="also write the table here as markdown "
+                   "('-': to stdout)")
     args = p.parse_args(argv)
     for name, default in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -171,13 +172,10 @@ def main(argv=None) -> int:
     print()
     print_table(header, rows)
     if args.markdown_out:
-        command = " ".join(["python", "benchmarks/bench_loss_memory.py", *sys.argv[1:]])
-        lines = [f"Command: `{command}`", "", f"Machine: {cpus()}, device {args.device}, "
-                 f"torch {torch.__version__}", "", "; ".join(sizes) + " (peaks are above the "
-                 "inputs: hidden states and weight)", "", *markdown_table(header, rows)]
-        with open(args.markdown_out, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        print(f"\nmarkdown table written to {args.markdown_out}")
+        write_markdown(args.markdown_out, [
+            f"Machine: {cpus()}, device {args.device}, torch {torch.__version__}", "",
+            "; ".join(sizes) + " (peaks are above the inputs: hidden states and weight)", "",
+            *markdown_table(header, rows)])
     return 0
 
 

@@ -77,7 +77,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glm_megatron.parallel.state import free_port  # noqa: E402
 from harness import (RssSampler, become_rank, chatglm3_style_config, cpus,  # noqa: E402
-                     current_rss, load_average, markdown_table, print_table)
+                     current_rss, load_average, markdown_table, print_table,
+                     write_markdown)
 
 WORLD_SIZE = 2  # data-parallel ranks: the distributed optimizer needs DP > 1 to shard
 MIB = 2.0 ** 20
@@ -523,13 +524,12 @@ def describe(args, config) -> str:
              "glibc's default."))
 
 
-def markdown(args, config, machine: str, results: list[VariantResult]) -> str:
-    command = " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])
-    out = [f"Command: `{command}`", "", f"Machine: {machine}", "", describe(args, config), ""]
+def markdown(args, config, machine: str, results: list[VariantResult]) -> list[str]:
+    out = [f"Machine: {machine}", "", describe(args, config), ""]
     for title, header, rows in tables(results):
         out += [f"{title}:", "", *markdown_table(header, rows)]
         out.append("")
-    return "\n".join(out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -562,9 +562,8 @@ def main(argv=None) -> int:
         print(f"\n{title}")
         print_table(header, rows)
     if args.markdown_out:
-        with open(args.markdown_out, "w") as f:
-            f.write(markdown(args, config, machine, results) + f"\n{load_line}.\n")
-        print(f"\nmarkdown written to {args.markdown_out}")
+        write_markdown(args.markdown_out, markdown(args, config, machine, results) +
+                       [f"{load_line}."])
     return 0
 
 

@@ -44,7 +44,8 @@ from typing import Callable
 
 import torch
 
-from harness import chatglm3_style_config, cpus, load_average, markdown_table, print_table
+from harness import (chatglm3_style_config, cpus, load_average, markdown_table, print_table,
+                     write_markdown)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FRAMEWORKS = ("ours", "transformers", "transformers-compile")
@@ -376,14 +377,12 @@ def describe(args, config, flops: float, device) -> list[str]:
             f"{args.steps} timed steps per side, taking turns."]
 
 
-def markdown(header, rows, rates, args, lines: list[str], machine: str) -> str:
-    command = " ".join(["python", "benchmarks/bench_training.py", *sys.argv[1:]])
-    out = [f"Command: `{command}`", "", f"Machine: {machine}", "", *lines, "",
-           f"Matmul rate (torch.matmul {args.matmul_size}x{args.matmul_size}, best of "
-           f"{args.matmul_reps} before and {args.matmul_reps} after the runs): " +
-           ", ".join(f"{d} {rates[d] / 1e12:.3f} TFLOP/s" for d in args.dtypes), "",
-           *markdown_table(header, rows)]
-    return "\n".join(out) + "\n"
+def markdown(header, rows, rates, args, lines: list[str], machine: str) -> list[str]:
+    return [f"Machine: {machine}", "", *lines, "",
+            f"Matmul rate (torch.matmul {args.matmul_size}x{args.matmul_size}, best of "
+            f"{args.matmul_reps} before and {args.matmul_reps} after the runs): " +
+            ", ".join(f"{d} {rates[d] / 1e12:.3f} TFLOP/s" for d in args.dtypes), "",
+            *markdown_table(header, rows)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,13 +428,7 @@ def main(argv=None) -> int:
     print()
     print_table(header, rows)
     if args.markdown_out:
-        text = markdown(header, rows, rates, args, lines, machine)
-        if args.markdown_out == "-":
-            print("\n" + text)
-        else:
-            with open(args.markdown_out, "w") as f:
-                f.write(text)
-            print(f"\nmarkdown table written to {args.markdown_out}")
+        write_markdown(args.markdown_out, markdown(header, rows, rates, args, lines, machine))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import threading
 import warnings
 from typing import Optional
@@ -58,6 +59,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """The lines of a markdown table."""
     return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
             + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_markdown(path: str, lines: list[str]):
+    """A markdown report headed by the command that made it, into `path` ('-': stdout)."""
+    command = " ".join(["python", "benchmarks/" + os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    text = "\n".join([f"Command: `{command}`", "", *lines]) + "\n"
+    if path == "-":
+        print("\n" + text)
+        return
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"\nmarkdown written to {path}")
 
 
 def become_rank(rank: int, world_size: int, port: int, threads: int):
