@@ -69,20 +69,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods or any(m not in METHODS for m in args.methods):
         p.error(f"--methods: {args.methods} not all in {list(METHODS)}")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible; use --device cpu")
+    from glm_megatron.config import ConfigError
+    from glm_megatron.parallel.state import resolve_device
+    try:
+        args.device = resolve_device(args.device).type
+    except ConfigError as error:
+        p.error(str(error))
     return args
 
 
 def _inputs(args, device):
-    g = torch.Generator().manual_seed(0)
+    """Drawn on the device (a GLM-4-sized weight takes seconds to draw on a CPU)."""
+    g = torch.Generator(device=device).manual_seed(0)
     dtype = DTYPES[args.dtype]
     s, b, h, v = args.seq_length, args.micro_batch_size, args.hidden_size, args.vocab_size
-    hidden = torch.randn(s, b, h, generator=g).to(device, dtype).requires_grad_()
-    weight = (0.02 * torch.randn(v, h, generator=g)).to(device, dtype).requires_grad_()
-    labels = torch.randint(0, v, (b, s), generator=g).to(device)
+    hidden = torch.randn(s, b, h, generator=g, device=device).to(dtype).requires_grad_()
+    weight = (0.02 * torch.randn(v, h, generator=g, device=device)).to(dtype).requires_grad_()
+    labels = torch.randint(0, v, (b, s), generator=g, device=device)
     return hidden, weight, labels
 
 

@@ -113,10 +113,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.padded_vocab_size = int(math.ceil(args.vocab_size / divisor) * divisor)
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be at least 1 and --warmup at least 0")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is visible; use --device cpu")
+    from glm_megatron.config import ConfigError
+    from glm_megatron.parallel.state import resolve_device
+    try:
+        args.device = resolve_device(args.device).type
+    except ConfigError as error:
+        p.error(str(error))
     if args.matmul_size is None:
         args.matmul_size = 8192 if args.device == "cuda" else 2048
     return args
