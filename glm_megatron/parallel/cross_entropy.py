@@ -3,7 +3,7 @@
 Each tensor-parallel rank holds the logits of a contiguous vocabulary slice (the output layer's
 weight shard [vocab / tp, h]). Per token, the loss is logsumexp(all logits) - logit[label]. Both
 functions here work on row chunks of the tokens: a chunk's logits are upcast to fp32 only for
-that chunk, each rank reduces them to three fp32 numbers per token (its slice's logsumexp and the
+that chunk, each rank reduces them to two fp32 numbers per token (its slice's logsumexp and the
 label's logit if the label is in its slice), and two collectives over the whole token range
 combine the slices: a MAX and a SUM, whatever the chunk count.
 
@@ -48,15 +48,20 @@ def _fp32_scratch(logits: torch.Tensor, private: bool) -> torch.Tensor:
     return logits.to(torch.float32, copy=True)
 
 
+def _local_labels(labels: torch.Tensor, vocab_start: int, partition_size: int):
+    """(column of each label in this slice [n, 1], clamped into it; whether it is there [n])."""
+    local = labels - vocab_start
+    here = (local >= 0) & (local < partition_size)
+    return local.clamp(0, partition_size - 1)[:, None], here
+
+
 def _local_statistics(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int,
                       private: bool):
     """Of one chunk [n, v] (any float dtype) and its global label ids [n]: this slice's
     logsumexp [n] and the label's logit where the label falls in the slice, else 0 [n], fp32.
     One fp32 temporary of the chunk at most; `private` chunks are overwritten."""
-    local = labels - vocab_start
-    here = (local >= 0) & (local < logits.shape[-1])
-    target = logits.gather(-1, local.clamp(0, logits.shape[-1] - 1)[:, None])[:, 0].float()
-    target = target.masked_fill_(~here, 0.0)
+    column, here = _local_labels(labels, vocab_start, logits.shape[-1])
+    target = logits.gather(-1, column)[:, 0].float().masked_fill_(~here, 0.0)
     x = _fp32_scratch(logits, private)
     peak = x.amax(dim=-1)
     logsumexp = x.sub_(peak[:, None]).exp_().sum(dim=-1).log_().add_(peak)
@@ -80,9 +85,9 @@ def _logits_grad(logits: torch.Tensor, labels: torch.Tensor, logsumexp: torch.Te
     """d loss / d logits of one chunk, (softmax - onehot(label)) x grad_loss, in the logits'
     dtype (computed in fp32; `private` chunks are overwritten)."""
     grad = _fp32_scratch(logits, private).sub_(logsumexp[:, None]).exp_()
-    local = labels - vocab_start
-    rows = torch.nonzero((local >= 0) & (local < logits.shape[-1]))[:, 0]
-    grad[rows, local[rows]] -= 1.0
+    column, here = _local_labels(labels, vocab_start, logits.shape[-1])
+    # -1 at the label where it is in this slice; a scatter, not a nonzero (no host sync on GPU).
+    grad.scatter_add_(-1, column, here.to(grad.dtype).neg_()[:, None])
     grad.mul_(grad_loss[:, None])
     if grad is logits:
         return grad
