@@ -66,11 +66,9 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.multiprocessing as mp
@@ -78,8 +76,9 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glm_megatron.parallel.context import free_port  # noqa: E402
-from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
-                     print_table)
+from harness import (RssSampler, become_rank, chatglm3_style_config, cpus,  # noqa: E402
+                     current_rss, load_average, markdown_table, print_table,
+                     write_markdown)
 
 WORLD_SIZE = 2  # data-parallel ranks: the distributed optimizer needs DP > 1 to shard
 MIB = 2.0 ** 20
@@ -178,45 +177,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Measurements inside one rank
 # --------------------------------------------------------------------------------------------
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def current_rss() -> int:
-    """Resident set size of this process in bytes (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
-
-
 def max_rss() -> int:
     """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class RssSampler:
-    """Highest RSS seen while the context is open, sampled by a background thread. Torch ops
-    release the GIL while they compute, so the thread samples during them too."""
-
-    def __init__(self, interval_s: float):
-        self.interval_s = interval_s
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def _run(self):
-        while not self._stop.wait(self.interval_s):
-            self.peak = max(self.peak, current_rss())
-
-    def __enter__(self):
-        self.peak = current_rss()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, current_rss())
 
 
 class SavedActivationCounter:
@@ -558,15 +521,12 @@ def describe(args, config) -> str:
              "glibc's default."))
 
 
-def markdown(args, config, machine: str, results: list[VariantResult]) -> str:
-    command = " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])
-    out = [f"Command: `{command}`", "", f"Machine: {machine}", "", describe(args, config), ""]
+def markdown(args, config, machine: str, results: list[VariantResult]) -> list[str]:
+    out = [f"Machine: {machine}", "", describe(args, config), ""]
     for title, header, rows in tables(results):
-        out += [f"{title}:", "", "| " + " | ".join(header) + " |",
-                "|" + "|".join("---" for _ in header) + "|"]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out += [f"{title}:", "", *markdown_table(header, rows)]
         out.append("")
-    return "\n".join(out)
+    return out
 
 
 def main(argv=None) -> int:
@@ -599,9 +559,8 @@ def main(argv=None) -> int:
         print(f"\n{title}")
         print_table(header, rows)
     if args.markdown_out:
-        with open(args.markdown_out, "w") as f:
-            f.write(markdown(args, config, machine, results) + f"\n{load_line}.\n")
-        print(f"\nmarkdown written to {args.markdown_out}")
+        write_markdown(args.markdown_out, markdown(args, config, machine, results) +
+                       [f"{load_line}."])
     return 0
 
 

@@ -62,7 +62,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glm_megatron.parallel.context import free_port  # noqa: E402
 from harness import (become_rank, chatglm3_style_config, cpus, load_average,  # noqa: E402
-                     print_table)
+                     markdown_table, print_table, write_markdown)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -387,14 +387,9 @@ def main(argv=None) -> int:
                              "(this run itself adds P)"]
     print("\n" + "\n".join(summary))
     if args.markdown_out:
-        command = " ".join(["python", "benchmarks/bench_pipeline_bubble.py", *sys.argv[1:]])
-        text = [f"Command: `{command}`", "", f"Machine: {machine}", "", describe(args, config),
-                "", "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        text += ["| " + " | ".join(r) + " |" for r in body]
-        text += [""] + [f"- {line}" for line in summary]
-        with open(args.markdown_out, "w") as f:
-            f.write("\n".join(text) + "\n")
-        print(f"\nmarkdown written to {args.markdown_out}")
+        write_markdown(args.markdown_out, [
+            f"Machine: {machine}", "", describe(args, config), "", *markdown_table(header, body),
+            "", *(f"- {line}" for line in summary)])
     return 0
 
 

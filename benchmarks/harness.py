@@ -1,10 +1,14 @@
-"""What the benchmarks share: the model they time, the machine line, tables, spawned ranks."""
+"""What the benchmarks share: the model they time, the machine line, tables, spawned ranks,
+resident memory."""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
+import threading
 import warnings
+from typing import Optional
 
 
 def chatglm3_style_config(args, vocab_size: int):
@@ -51,6 +55,24 @@ def print_table(header: list[str], rows: list[list[str]]):
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table."""
+    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def write_markdown(path: str, lines: list[str]):
+    """A markdown report headed by the command that made it, into `path` ('-': stdout)."""
+    command = " ".join(["python", "benchmarks/" + os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    text = "\n".join([f"Command: `{command}`", "", *lines]) + "\n"
+    if path == "-":
+        print("\n" + text)
+        return
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"\nmarkdown written to {path}")
+
+
 def become_rank(rank: int, world_size: int, port: int, threads: int):
     """In a spawned process: the torchrun-style environment of `rank`, and quiet imports."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
@@ -58,3 +80,39 @@ def become_rank(rank: int, world_size: int, port: int, threads: int):
                       OMP_NUM_THREADS=str(threads))
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+class RssSampler:
+    """Highest RSS seen while the context is open, sampled by a background thread. Torch ops
+    release the GIL while they compute, so the thread samples during them too."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _run(self):
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, current_rss())
+
+    def __enter__(self):
+        self.peak = current_rss()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss())

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from glm_testing import TEST_DEVICE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "pretrain_glm.py")
 
@@ -16,12 +18,16 @@ QUICK = ["--model-preset", "chatglm3-tiny", "--seq-length", "64", "--micro-batch
 
 
 def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600,
-                 python: list[str] | None = None) -> subprocess.CompletedProcess:
+                 python: list[str] | None = None,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    """One process runs on GLM_TEST_DEVICE, several on CPU (gloo); a later --device in `args`
+    overrides. `env`: extra environment variables."""
+    device = ["--device", TEST_DEVICE if nproc == 1 else "cpu"]
     if nproc == 1:
-        command = [sys.executable, *(python or []), PRETRAIN, *args]
+        command = [sys.executable, *(python or []), PRETRAIN, *device, *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(nproc), PRETRAIN, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+                   "--nproc_per_node", str(nproc), PRETRAIN, *device, *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **(env or {}))
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)

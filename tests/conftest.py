@@ -10,6 +10,13 @@ os.environ.setdefault("GLM_MEGATRON_CACHE", tempfile.mkdtemp(prefix="glm_megatro
 
 import pytest  # noqa: E402
 
+from glm_testing import TEST_DEVICE  # noqa: E402
+
+if TEST_DEVICE == "cpu":
+    # The suite's default is CPU: hide GPUs from it and from every process it starts, so that
+    # `--device auto` in a subprocess picks CPU too.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 
 @pytest.fixture
 def ctx():
@@ -18,7 +25,7 @@ def ctx():
     from glm_megatron.parallel.context import single_process_context
     from glm_megatron.parallel.random import seed_all
 
-    context = single_process_context("cpu")
+    context = single_process_context(TEST_DEVICE)
     seed_all(context, 1234)
     return context
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from glm_megatron.config import GLMConfig
 from glm_megatron.presets import PRESETS
+
+# Where single-rank tests run: cpu (default) or cuda. Read here only; the multi-rank tests
+# always form gloo worlds on CPU.
+TEST_DEVICE = os.environ.get("GLM_TEST_DEVICE", "cpu")
+if TEST_DEVICE not in ("cpu", "cuda"):
+    raise SystemExit(f"GLM_TEST_DEVICE={TEST_DEVICE!r}: set it to cpu or cuda")
 
 # One tiny preset per GLM generation, plus GLM-4-0414's extra norms.
 GENERATIONS = ["glm-tiny", "chatglm-6b-tiny", "chatglm3-tiny", "glm4-0414-tiny"]
@@ -39,8 +47,13 @@ def randomize(model: torch.nn.Module, seed: int):
     return model
 
 
-def make_batch(kind: str, batch: int = 2, seq: int = 16, seed: int = 0) -> dict:
+def make_batch(kind: str, batch: int = 2, seq: int = 16, seed: int = 0,
+               device="cpu") -> dict:
     """A 'blank' batch (2D positions and sep, GLM's blank-infilling shape) or a 'causal' one."""
+    return {k: v.to(device) for k, v in _cpu_batch(kind, batch, seq, seed).items()}
+
+
+def _cpu_batch(kind: str, batch: int, seq: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, VOCAB, (batch, seq), generator=g)
     labels = torch.randint(0, VOCAB, (batch, seq), generator=g)
@@ -64,7 +77,7 @@ def micro_batches(step: int, dp_rank: int, dp_size: int, kind: str = "blank",
                   global_batch: int = 4, micro_batch: int = 1):
     """This DP rank's micro-batches of step `step`, in Megatron-LM's order: each chunk of
     micro_batch x dp samples is split, rank r taking slice r."""
-    samples = make_batch(kind, batch=global_batch, seed=100 + step)
+    samples = _cpu_batch(kind, global_batch, 16, 100 + step)
     for start in range(dp_rank * micro_batch, global_batch, micro_batch * dp_size):
         yield {k: v[start:start + micro_batch] for k, v in samples.items()}
 

@@ -522,6 +522,7 @@ def test_model_consumes_the_batch(ctx):
     seq = 96
     c = collator(seq, bert_prob=0.4, gap_sentence_prob=0.3)
     batch = c(packed_samples(np.random.default_rng(14), 2, seq), microbatch_rng(0, 0))
+    batch = {k: v.to(ctx.device) for k, v in batch.items()}
     assert c.length <= model.config.max_position_embeddings
     with torch.no_grad():
         loss, _ = language_model_loss(model(batch), batch)

@@ -55,7 +55,7 @@ def test_single_token_scores_equal_one_target_rows(ctx):
     from glm_megatron.model.builder import build_model
     from glm_megatron.training.losses import choice_scores
     model = build_model(tiny_config("glm-tiny"), ctx, 3).eval()
-    batch = make_batch("blank", batch=2, seq=16)
+    batch = make_batch("blank", batch=2, seq=16, device=ctx.device)
     sep = batch["sep"]
     candidates = torch.tensor([[5, 9, 11], [7, 7, 2]])
     mask = torch.tensor([[True, True, True], [True, True, False]])

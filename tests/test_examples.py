@@ -8,9 +8,10 @@ from cli import ROOT
 
 
 def _run_example(name: str, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Several ranks on one machine: on CPU (gloo), GPUs hidden, whatever GLM_TEST_DEVICE is."""
     return subprocess.run(["bash", os.path.join(ROOT, "examples", name)], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT, **env), capture_output=True,
-                          text=True, timeout=timeout)
+                          env=dict(os.environ, PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="", **env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_blank_infilling_recipe_from_raw_text(tmp_path):

@@ -14,6 +14,7 @@ import sentencepiece as spm
 import torch
 
 from cli import QUICK, ROOT, run_pretrain
+from glm_testing import TEST_DEVICE
 from glm_megatron.convert.checkpoint import CheckpointReader
 from glm_megatron.data.builtin import ensure_builtin_data
 from glm_megatron.data.builtin_corpus import iter_builtin_documents
@@ -169,12 +170,12 @@ def test_blank_infilling_learns_and_fills_blanks(tmp_path):
     assert validation[-1] < validation[0] - 3.0
 
     tokenizer = GLMTokenizer(ensure_builtin_data()[1])
-    model = load_model(CheckpointReader(save))
+    model = load_model(CheckpointReader(save), TEST_DEVICE)
     passages = _held_out_passages(32)
     collator = build_collator("blank-infilling", BlankInfillingConfig(bert_prob=1.0,
                                                                       bert_mask_ratio=0.3),
                               tokenizer, sentence_end_table(tokenizer.pieces()), SEQ)
-    batch = collator(passages, microbatch_rng(0, 0))
+    batch = {k: v.to(TEST_DEVICE) for k, v in collator(passages, microbatch_rng(0, 0)).items()}
     shuffled = dict(batch, tokens=batch["tokens"].clone())
     generator = torch.Generator().manual_seed(0)
     for row, sep in enumerate(batch["sep"].tolist()):

@@ -14,7 +14,7 @@ def _logits(model, batch):
 def test_tokens_after_sep_are_invisible_to_part_a(ctx, preset):
     from glm_megatron.model.builder import build_model
     model = build_model(tiny_config(preset), ctx, seed=3).eval()
-    batch = make_batch("blank", batch=1, seq=16)
+    batch = make_batch("blank", batch=1, seq=16, device=ctx.device)
     sep = int(batch["sep"][0])
     changed = {k: v.clone() for k, v in batch.items()}
     changed["tokens"][0, sep:] = (changed["tokens"][0, sep:] + 1) % VOCAB
@@ -27,7 +27,7 @@ def test_tokens_after_sep_are_invisible_to_part_a(ctx, preset):
 def test_part_a_is_bidirectional(ctx, preset):
     from glm_megatron.model.builder import build_model
     model = build_model(tiny_config(preset), ctx, seed=3).eval()
-    batch = make_batch("blank", batch=1, seq=16)
+    batch = make_batch("blank", batch=1, seq=16, device=ctx.device)
     sep = int(batch["sep"][0])
     changed = {k: v.clone() for k, v in batch.items()}
     changed["tokens"][0, sep - 1] = (changed["tokens"][0, sep - 1] + 1) % VOCAB
@@ -38,7 +38,7 @@ def test_part_a_is_bidirectional(ctx, preset):
 def test_causal_without_sep(ctx):
     from glm_megatron.model.builder import build_model
     model = build_model(tiny_config("chatglm3-tiny"), ctx, seed=3).eval()
-    batch = make_batch("causal", batch=1, seq=16)
+    batch = make_batch("causal", batch=1, seq=16, device=ctx.device)
     changed = {k: v.clone() for k, v in batch.items()}
     changed["tokens"][0, 8] = (changed["tokens"][0, 8] + 1) % VOCAB
     before, after = _logits(model, batch), _logits(model, changed)
@@ -59,7 +59,7 @@ def test_classification_head_pools_rightmost_non_pad(ctx):
     from glm_megatron.model.builder import build_model
     model = build_model(tiny_config("chatglm3-tiny"), ctx, seed=3, num_labels=3,
                         pad_token_id=0).eval()
-    batch = make_batch("causal", batch=2, seq=8)
+    batch = make_batch("causal", batch=2, seq=8, device=ctx.device)
     batch["tokens"][:, 5:] = 0  # right padding after 5 real tokens
     batch["tokens"][:, :5] = batch["tokens"][:, :5].clamp(min=1)
     hidden = model.hidden_states(batch["tokens"], batch["position_ids"])
@@ -73,3 +73,27 @@ def test_tp_divisibility_errors():
         config.check_tensor_parallel(4)
     with pytest.raises(ConfigError, match="--num-attention-heads"):
         tiny_config("glm-tiny", num_attention_heads=3, kv_channels=16).check_tensor_parallel(2)
+
+
+def test_apex_norms_only_on_cuda(monkeypatch):
+    """apex's fused norms are picked on a CUDA run when apex imports, torch's otherwise (here a
+    stand-in apex module; the selection is what is tested)."""
+    import sys
+    import types
+    from glm_megatron.model import layers
+
+    class FusedLayerNorm(torch.nn.LayerNorm):
+        pass
+
+    class FusedRMSNorm(torch.nn.RMSNorm):
+        pass
+
+    normalization = types.ModuleType("apex.normalization")
+    normalization.FusedLayerNorm, normalization.FusedRMSNorm = FusedLayerNorm, FusedRMSNorm
+    monkeypatch.setitem(sys.modules, "apex", types.ModuleType("apex"))
+    monkeypatch.setitem(sys.modules, "apex.normalization", normalization)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert layers._norm_classes(cuda) == (FusedLayerNorm, FusedRMSNorm)
+    assert layers._norm_classes(cpu) == (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    monkeypatch.setitem(sys.modules, "apex.normalization", None)  # apex not installed
+    assert layers._norm_classes(cuda) == (torch.nn.LayerNorm, torch.nn.RMSNorm)

@@ -48,7 +48,7 @@ def test_deepnorm_initialisation_is_glm130b(ctx):
 def test_embedding_gradient_shrink_scales_only_the_gradient(ctx):
     from glm_megatron.model.builder import build_model
     from glm_megatron.training.losses import language_model_loss
-    batch = make_batch("causal", batch=2, seq=12)
+    batch = make_batch("causal", batch=2, seq=12, device=ctx.device)
     grads, losses = {}, {}
     for alpha in (1.0, 0.1):
         model = build_model(tiny_config("chatglm3-tiny", embedding_gradient_shrink_alpha=alpha),

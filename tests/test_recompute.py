@@ -20,7 +20,7 @@ def _grads(ctx, options, preset):
     seed_all(ctx, 99)  # same dropout stream for every variant
     config = tiny_config(preset, num_layers=3, hidden_dropout=0.1, attention_dropout=0.1)
     model = build_model(config, ctx, seed=5, options=options).train()
-    loss = _loss(model, make_batch("blank", batch=2))
+    loss = _loss(model, make_batch("blank", batch=2, device=ctx.device))
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -45,7 +45,8 @@ def test_dropout_is_active(ctx):
     seed_all(ctx, 100)
     model = build_model(tiny_config("glm-tiny", num_layers=3, hidden_dropout=0.1,
                                     attention_dropout=0.1), ctx, seed=5).train()
-    assert not torch.equal(loss_a, _loss(model, make_batch("blank", batch=2)).detach())
+    batch = make_batch("blank", batch=2, device=ctx.device)
+    assert not torch.equal(loss_a, _loss(model, batch).detach())
 
 
 def test_bad_recompute_options():

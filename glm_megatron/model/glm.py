@@ -20,7 +20,8 @@ from ..parallel.param_roles import set_role
 from ..parallel.sequence import gather_sequence
 from .attention import glm_attention_mask
 from .embedding import Embedding
-from .layers import ColumnParallelLinear, vocab_parallel_cross_entropy
+from ..parallel.cross_entropy import chunked_vocab_parallel_cross_entropy
+from .layers import ColumnParallelLinear
 from .options import ExecutionOptions
 from .rotary import RotaryEmbedding
 from .transformer import TransformerBlock
@@ -108,18 +109,18 @@ class GLMForCausalLM(GLMModel):
                                     decoder_input)
         if not self.post_process:
             return hidden
+        hidden = self.output_layer.parallel_input(hidden)  # whole sequence, TP-replicated
         if "target_positions" in batch:
-            if self.options.sequence_parallel:
-                raise ValueError("scoring chosen positions needs the whole sequence on every "
-                                 "rank; run without --sequence-parallel")
             columns = torch.arange(hidden.shape[1], device=hidden.device)[:, None]
             hidden = hidden[batch["target_positions"].t(), columns.t()]  # [n, b, h]
             labels = batch["target_ids"]
         else:
             labels = batch["labels"]
-        logits, _ = self.output_layer(hidden, weight=self._head_weight())
-        labels = labels.transpose(0, 1).contiguous()
-        return vocab_parallel_cross_entropy(logits, labels, self.ctx.tp_group).transpose(0, 1)
+        weight = self._head_weight()
+        weight = self.output_layer.weight if weight is None else weight
+        # Fused with the output layer's matmul: the [s, b, vocab / tp] logits exist one chunk
+        # at a time, never as a whole fp32 copy.
+        return chunked_vocab_parallel_cross_entropy(hidden, weight, labels, self.ctx.tp_group)
 
 
 class GLMForSequenceClassification(GLMModel):

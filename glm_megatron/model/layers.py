@@ -67,6 +67,16 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
             return _local_linear(input_, self.weight if weight is None else weight, self.bias), None
         return super().forward(input_, weight)
 
+    def parallel_input(self, input_: torch.Tensor) -> torch.Tensor:
+        """The input as this layer's own matmul sees it, for a caller that applies the weight
+        itself (the fused loss): all-gathered under sequence parallelism, else replicated with
+        its gradient summed over TP ranks."""
+        if self.sequence_sharded:
+            return gather_sequence(input_, self.tp_group)
+        if self.tp_group is None:
+            return input_
+        return tensor_parallel.copy_to_tensor_model_parallel_region(input_, group=self.tp_group)
+
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
     """Input features split over TP ranks, output all-reduced; under sequence parallelism the
@@ -109,26 +119,23 @@ class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):
         return super().forward(input_)
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                                 tp_group) -> torch.Tensor:
-    """Per-token cross entropy of vocab-parallel logits [s, b, v/tp] against labels [s, b]."""
-    if tp_group is None:
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(),
-                               reduction="none").view_as(labels)
-    return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
+def _norm_classes(device: torch.device):
+    """apex's fused norms on a CUDA run where apex is importable, else torch's. (On CPU apex
+    only falls back to torch. Transformer Engine's norms are not used: they add an
+    `_extra_state` entry per norm to the state dict, which the checkpoint and conversion
+    layouts do not have.)"""
+    if device.type == "cuda":
+        try:
+            from apex.normalization import FusedLayerNorm, FusedRMSNorm
+            return FusedLayerNorm, FusedRMSNorm
+        except ImportError:
+            pass
+    return torch.nn.LayerNorm, torch.nn.RMSNorm
 
 
-def _norm_classes():
-    """apex's fused norms when importable (they fall back to torch on CPU), else torch's."""
-    try:
-        from apex.normalization import FusedLayerNorm, FusedRMSNorm
-        return FusedLayerNorm, FusedRMSNorm
-    except ImportError:
-        return torch.nn.LayerNorm, torch.nn.RMSNorm
-
-
-def norm(config: GLMConfig, sequence_parallel: bool = False) -> torch.nn.Module:
-    layer_norm, rms_norm = _norm_classes()
+def norm(config: GLMConfig, device: torch.device, sequence_parallel: bool = False
+         ) -> torch.nn.Module:
+    layer_norm, rms_norm = _norm_classes(device)
     if config.normalization == "RMSNorm":
         module = rms_norm(config.hidden_size, eps=config.norm_epsilon)
     else:

@@ -26,15 +26,15 @@ class TransformerLayer(torch.nn.Module):
         super().__init__()
         self.config = config
         sp = options.sequence_parallel
-        self.input_layernorm = norm(config, sp)
+        self.input_layernorm = norm(config, ctx.device, sp)
         self.self_attention = SelfAttention(
             config, ctx, sequence_parallel=sp,
             recompute_core=options.recompute_granularity == "selective")
-        self.pre_mlp_layernorm = norm(config, sp)
+        self.pre_mlp_layernorm = norm(config, ctx.device, sp)
         self.mlp = MLP(config, ctx, sp)
         if config.post_sublayer_norms:
-            self.post_self_attn_layernorm = norm(config, sp)
-            self.post_mlp_layernorm = norm(config, sp)
+            self.post_self_attn_layernorm = norm(config, ctx.device, sp)
+            self.post_mlp_layernorm = norm(config, ctx.device, sp)
 
     def _residual_add(self, residual_in, normed_in, sublayer_out, post_norm):
         if post_norm is not None:
@@ -67,7 +67,7 @@ class TransformerBlock(torch.nn.Module):
         self.options, self.rng = options, ctx.rng
         self.layers = torch.nn.ModuleDict(
             {str(i): TransformerLayer(config, ctx, options) for i in layer_numbers})
-        self.final_layernorm = norm(config, options.sequence_parallel) if final_norm else None
+        self.final_layernorm = norm(config, ctx.device, options.sequence_parallel) if final_norm else None
 
     def _checkpoint_groups(self) -> list[tuple[list, bool]]:
         """Runs of consecutive layers and whether each run is recomputed (full granularity):

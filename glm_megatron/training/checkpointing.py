@@ -30,6 +30,7 @@ import torch.distributed as dist
 from ..parallel import random as prandom
 from ..parallel.context import ParallelContext
 from ..parallel.param_roles import role_of
+from .metrics import print_line
 
 TRACKER = "latest_checkpointed_iteration.txt"
 METADATA = "metadata.json"
@@ -184,11 +185,19 @@ def load_checkpoint(root: str, model, optimizer, scheduler, ctx: ParallelContext
         raise CheckpointError(f"--load {root} holds weights only (no optimizer state: an imported "
                               "or --no-optimizer checkpoint); add --finetune or --no-load-optim")
     if load_optim and optimizer is not None:
-        optimizer.load_state_dict([torch.load(os.path.join(rank_dir, f), weights_only=False)
-                                   for f in files])
+        # Saved from any device (a GPU run's state is CUDA tensors); copied to ours on load.
+        optimizer.load_state_dict([torch.load(os.path.join(rank_dir, f), map_location="cpu",
+                                              weights_only=False) for f in files])
     if scheduler is not None and shard["opt_param_scheduler"] is not None:
         _load_scheduler(root, scheduler, shard["opt_param_scheduler"])
     rng_file = os.path.join(path, "rng", f"rank_{ctx.rank:05d}.pt")
     if load_rng and os.path.isfile(rng_file):
-        prandom.load_rng_state_dict(ctx, torch.load(rng_file, weights_only=False))
+        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+        # The tensor-parallel generator's state is the saving device's kind (a CUDA state
+        # holds a CUDA generator's): it restores only on that kind of device.
+        if (rng["device"] is not None) == (ctx.device.type == "cuda"):
+            prandom.load_rng_state_dict(ctx, rng)
+        elif ctx.is_rank_zero:
+            print_line(f"--load {root}: RNG states were saved on another kind of device and "
+                       "are not restored; the run continues from --seed's generators")
     return TrainingState(metadata["iteration"], metadata["consumed_samples"])
