@@ -80,7 +80,15 @@ def _training_args(parser: argparse.ArgumentParser):
     g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32)
     g.add_argument("--min-loss-scale", type=float, default=1.0)
     g.add_argument("--loss-scale-window", type=int, default=1000)
-    g.add_argument("--hysteresis", type=int, default=2)
+    g.add_argument("--hysteresis", type=int, default=2,
+                   help="fp16: overflows before the loss scale is halved, and overflows in a row "
+                        "at the smallest scale that stop the run")
+    g.add_argument("--check-for-nan-in-loss-and-grad", action=_BOOL, default=True,
+                   help="stop the run (every rank, exit status 3) at a non-finite loss or "
+                        "gradient norm; under --fp16 at overflows the loss scale cannot answer "
+                        "(--hysteresis in a row at its smallest) or all-zero gradients. Off: "
+                        "such steps are skipped. A checkpoint with non-finite weights is never "
+                        "written either way")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="cuda (NCCL) when available, else cpu (gloo)")
 

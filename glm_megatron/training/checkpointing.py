@@ -28,8 +28,9 @@ import torch
 import torch.distributed as dist
 
 from ..parallel import random as prandom
-from ..parallel.context import ParallelContext
+from ..parallel.context import ParallelContext, all_reduce
 from ..parallel.param_roles import role_of
+from .divergence import TrainingDiverged
 
 TRACKER = "latest_checkpointed_iteration.txt"
 METADATA = "metadata.json"
@@ -67,8 +68,24 @@ class TrainingState:
     consumed_samples: int = 0
 
 
+@torch.no_grad()
+def _all_finite(model, optimizer, ctx: ParallelContext) -> bool:
+    """Whether every rank's weights (and fp32 masters) are finite."""
+    tensors = list(model.parameters()) + (optimizer.masters() if optimizer is not None else [])
+    bad = torch.tensor([float(any(not torch.isfinite(t).all() for t in tensors))],
+                       device=ctx.device)
+    all_reduce(bad, ctx.model_parallel_group, op=dist.ReduceOp.MAX)
+    all_reduce(bad, ctx.dp_group, op=dist.ReduceOp.MAX)
+    return not bad.item()
+
+
 def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler, config,
                     args_dict: dict, ctx: ParallelContext):
+    """Write iteration `state.iteration` atomically. A model or optimizer holding non-finite
+    values is never written (TrainingDiverged)."""
+    if not _all_finite(model, optimizer, ctx):
+        raise TrainingDiverged(f"iteration {state.iteration}: the weights hold non-finite "
+                               f"values (training diverged), so nothing was saved to {root}")
     rank = ctx.rank
     final = iteration_dir(root, state.iteration)
     staging = os.path.join(root, f".staging_iter_{state.iteration:07d}")

@@ -31,6 +31,7 @@ from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
 from . import checkpointing
 from .checkpointing import TrainingState
+from .divergence import TrainingDiverged, divergence
 from .losses import language_model_loss
 from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
 from .optimizer import DynamicLossScaler
@@ -170,6 +171,14 @@ class Job:
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
     validation_batches: list | None = None  # made at the first evaluation, reused after
+    last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
+
+    def last_checkpoint_text(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint of this run precedes it"
+        root, iteration = self.last_checkpoint
+        return (f"the last good checkpoint is iteration {iteration} in {os.path.abspath(root)} "
+                f"(--load {root}, e.g. with a lower --lr)")
 
 
 def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
@@ -231,6 +240,8 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
     job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator)
+    if saved is not None and not args.finetune:
+        job.last_checkpoint = (args.load, progress.iteration)
     return job, progress
 
 
@@ -245,6 +256,7 @@ def _save(job: Job, progress: TrainingState):
         return
     checkpointing.save_checkpoint(job.args.save, progress, job.model, job.trainer.optimizer,
                                   job.scheduler, job.config, vars(job.args), job.ctx)
+    job.last_checkpoint = (job.args.save, progress.iteration)
     log(f"saved checkpoint at iteration {progress.iteration} to "
         f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
 
@@ -264,6 +276,13 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
 
 
 def train(job: Job, progress: TrainingState) -> TrainingState:
+    try:
+        return _train(job, progress)
+    except TrainingDiverged as error:
+        raise TrainingDiverged(f"{error}; {job.last_checkpoint_text()}") from None
+
+
+def _train(job: Job, progress: TrainingState) -> TrainingState:
     args = job.args
     ctx = job.ctx
     writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
@@ -273,6 +292,7 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
     flops = model_flops_per_iteration(job.config, args.global_batch_size, job.collator.length)
     tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
+    scaler = job.trainer.optimizer.loss_scaler
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
     while progress.iteration < stop_at:
@@ -287,13 +307,16 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
         progress.iteration += 1
         progress.consumed_samples += args.global_batch_size
         if ctx.is_rank_zero:
-            scaler = job.trainer.optimizer.loss_scaler
             logger.iteration(
                 progress.iteration, loss=loss, lr=job.trainer.optimizer.param_groups[0]["lr"],
                 grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
                 elapsed=elapsed, consumed_samples=progress.consumed_samples,
                 batch_size=args.global_batch_size, tokens=tokens, flops=flops,
                 world_size=ctx.world_size, device=ctx.device)
+        reason = (divergence(loss, grad_norm, scaler) if args.check_for_nan_in_loss_and_grad
+                  else None)
+        if reason is not None:
+            raise TrainingDiverged(f"iteration {progress.iteration}: {reason}")
         if args.eval_interval and progress.iteration % args.eval_interval == 0:
             _validate(job, logger, progress)
         if args.save_interval and progress.iteration % args.save_interval == 0 and \
