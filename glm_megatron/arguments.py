@@ -134,6 +134,9 @@ def _parallel_args(parser: argparse.ArgumentParser):
     g.add_argument("--recompute-granularity", choices=["full", "selective"])
     g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10,
+                   help="a collective that waits longer for a rank (stalled, or dead without "
+                        "closing its connections) fails the job")
 
 
 def _data_args(parser: argparse.ArgumentParser):
@@ -158,6 +161,12 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
     g.add_argument("--finetune", action="store_true",
                    help="load weights only; start at iteration 0 with fresh optimizer and data")
     g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM or SIGUSR1 (Slurm's --signal=USR1@SECONDS), received by any "
+                        "rank: every rank finishes the iteration, saves to --save and exits 0")
+    g.add_argument("--exit-duration-in-mins", type=float,
+                   help="save and exit 0 after the first iteration that ends this many minutes "
+                        "after the start (leave a save's time before the job's limit)")
     g = parser.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--eval-interval", type=int, default=50)
@@ -183,6 +192,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
         raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
                           "are exclusive; pick one")
+    for flag in ("exit_signal_handler", "exit_duration_in_mins"):
+        if getattr(args, flag) not in (None, False) and not args.save:
+            raise ConfigError(f"--{flag.replace('_', '-')} saves before exiting: give --save")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_iters is None:

@@ -4,35 +4,13 @@ import os
 import re
 
 import pytest
-import torch
 
-from cli import QUICK, ROOT, run_pretrain
+from cli import QUICK, ROOT, assert_identical, checkpoint_files, run_pretrain
 
 
 def _losses(stdout: str) -> dict[int, str]:
     return {int(m.group(1)): m.group(2) for m in
             re.finditer(r"iteration\s+(\d+)/\s*\d+ \|.*?lm loss: (\S+)", stdout)}
-
-
-def _checkpoint(root: str, iteration: int) -> dict:
-    path = os.path.join(root, f"iter_{iteration:07d}", "mp_rank_00")
-    return {name: torch.load(os.path.join(path, name), weights_only=False)
-            for name in sorted(os.listdir(path))}
-
-
-def _assert_identical(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -50,7 +28,7 @@ def test_resume_is_bit_exact(tmp_path):
     resumed = {**_losses(first.stdout), **_losses(second.stdout)}
     assert resumed == losses
     # Weights, optimizer moments and schedule after 6 iterations: identical bit for bit.
-    _assert_identical(_checkpoint(straight, 6), _checkpoint(split, 6))
+    assert_identical(checkpoint_files(straight, 6), checkpoint_files(split, 6))
 
 
 CRASH_DURING_SECOND_SAVE = """

@@ -19,7 +19,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from .. import arguments
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
-from ..data.datasets import build_datasets
+from ..data.datasets import DataError, build_datasets
 from ..data.sampler import build_data_loader
 from ..data.tokenizer import GLMTokenizer, padded_vocab_size
 from ..model.builder import build_model_chunks
@@ -32,6 +32,7 @@ from ..parallel.random import seed_all
 from . import checkpointing
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
+from .exit_conditions import ExitConditions, ignore_exit_signals
 from .losses import language_model_loss
 from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
 from .optimizer import DynamicLossScaler
@@ -183,7 +184,8 @@ class Job:
 
 def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     ctx = initialize_distributed(args.tensor_model_parallel_size,
-                                 args.pipeline_model_parallel_size, args.device)
+                                 args.pipeline_model_parallel_size, args.device,
+                                 timeout_minutes=args.distributed_timeout_minutes)
     layout = ctx.layout
     num_microbatches = _num_microbatches(args, ctx)
     seed_all(ctx, args.seed)
@@ -248,11 +250,13 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
 def _loader(job: Job, split: int, consumed: int):
     return build_data_loader(job.datasets[split], job.collator, consumed,
                              job.args.micro_batch_size, job.ctx.dp_rank, job.ctx.dp_size,
-                             seed=job.args.seed, split=split, num_workers=job.args.num_workers)
+                             seed=job.args.seed, split=split, num_workers=job.args.num_workers,
+                             worker_init_fn=ignore_exit_signals if job.args.exit_signal_handler
+                             else None)
 
 
 def _save(job: Job, progress: TrainingState):
-    if not job.args.save:
+    if not job.args.save or job.last_checkpoint == (job.args.save, progress.iteration):
         return
     checkpointing.save_checkpoint(job.args.save, progress, job.model, job.trainer.optimizer,
                                   job.scheduler, job.config, vars(job.args), job.ctx)
@@ -275,14 +279,14 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
         logger.validation(progress.iteration, loss, progress.consumed_samples)
 
 
-def train(job: Job, progress: TrainingState) -> TrainingState:
+def train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
     try:
-        return _train(job, progress)
+        return _train(job, progress, exits)
     except TrainingDiverged as error:
         raise TrainingDiverged(f"{error}; {job.last_checkpoint_text()}") from None
 
 
-def _train(job: Job, progress: TrainingState) -> TrainingState:
+def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
     args = job.args
     ctx = job.ctx
     writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
@@ -293,9 +297,10 @@ def _train(job: Job, progress: TrainingState) -> TrainingState:
     tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
     scaler = job.trainer.optimizer.loss_scaler
+    stopping = None
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
-    while progress.iteration < stop_at:
+    while progress.iteration < stop_at and stopping is None:
         started = time.perf_counter()
         output, applied, grad_norm = job.trainer.train_step(batches)
         loss = output.mean_loss(ctx)
@@ -319,10 +324,12 @@ def _train(job: Job, progress: TrainingState) -> TrainingState:
             raise TrainingDiverged(f"iteration {progress.iteration}: {reason}")
         if args.eval_interval and progress.iteration % args.eval_interval == 0:
             _validate(job, logger, progress)
-        if args.save_interval and progress.iteration % args.save_interval == 0 and \
-                progress.iteration < stop_at:
+        if args.save_interval and progress.iteration % args.save_interval == 0:
             _save(job, progress)
-    if args.eval_interval and progress.iteration % args.eval_interval:
+        stopping = exits.reason(ctx)
+    if stopping is not None:
+        log(f"{stopping}: saving iteration {progress.iteration} and exiting")
+    elif args.eval_interval and progress.iteration % args.eval_interval:
         _validate(job, logger, progress)
     _save(job, progress)
     if writer is not None:
@@ -331,11 +338,24 @@ def _train(job: Job, progress: TrainingState) -> TrainingState:
     return progress
 
 
-def pretrain(argv=None) -> TrainingState:
-    args = arguments.parse_args(argv)
-    try:
-        job, progress = setup(args)
-        return train(job, progress)
-    finally:
-        shutdown()
+# Raised alike on every rank (agreed where a rank could meet them alone): the ranks leave together.
+RUN_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, TrainingDiverged)
 
+
+def pretrain(argv=None) -> TrainingState:
+    started = time.time()  # --exit-duration-in-mins counts from here, set-up included
+    args = arguments.parse_args(argv)
+    exits = ExitConditions(handle_signals=args.exit_signal_handler,
+                           duration_minutes=args.exit_duration_in_mins, started=started)
+    together = False
+    try:
+        with exits:
+            job, progress = setup(args)
+            progress = train(job, progress, exits)
+        together = True
+        return progress
+    except RUN_ERRORS:
+        together = True
+        raise
+    finally:
+        shutdown(barrier=together)
