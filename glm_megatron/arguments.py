@@ -155,9 +155,26 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("checkpointing")
     g.add_argument("--save", help="checkpoint directory")
     g.add_argument("--load", help="resume from this checkpoint directory")
+    g.add_argument("--ckpt-step", type=int,
+                   help="with --load: the iteration to load instead of the tracker's latest "
+                        "(e.g. the complete one an error about a damaged checkpoint names)")
     g.add_argument("--save-interval", type=int, help="default: save only at the end")
-    g.add_argument("--no-load-optim", action="store_true")
-    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--keep-last-checkpoints", type=int, metavar="K",
+                   help="after each save, delete all but the K newest iterations in --save "
+                        "(default: keep all). Megatron-LM has no such flag; this is torchtitan's "
+                        "checkpoint.keep_latest_k under a name in Megatron-LM's flag style")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="on --load, start a fresh optimizer (also accepts a checkpoint whose "
+                        "optimizer files are missing)")
+    g.add_argument("--no-load-rng", action="store_true",
+                   help="on --load, start from fresh random states (also accepts a checkpoint "
+                        "whose RNG files are missing; dropout then differs from a non-stop run)")
+    g.add_argument("--override-data-settings", action="store_true",
+                   help="on --load, accept --global-batch-size, --micro-batch-size, "
+                        "--seq-length, --data-path, --split, --seed or --objective different "
+                        "from the checkpoint's (the samples then differ from a non-stop run's)")
+    g.add_argument("--override-tokenizer", action="store_true",
+                   help="on --load, accept a --tokenizer-model other than the checkpoint's")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only; start at iteration 0 with fresh optimizer and data")
     g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")

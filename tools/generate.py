@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
-    path = args.tokenizer_model or (reader.metadata.get("args") or {}).get("tokenizer_model")
+    path = args.tokenizer_model or reader.tokenizer_path
     if not path or not os.path.isfile(path):
         raise ConversionError(f"--tokenizer-model: the run's tokenizer {path!r} is not there; "
                               "give the SentencePiece .model it trained with")

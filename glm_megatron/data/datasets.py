@@ -117,6 +117,21 @@ def read_sequence_lengths(prefix: str) -> numpy.ndarray:
     return lengths
 
 
+def fingerprint(prefix: str) -> str:
+    """Identifies an indexed dataset's content wherever it lies (a copied or moved dataset
+    keeps it): the sizes of both files and a hash of the .idx's first and last MiB, which hold
+    the document lengths."""
+    chunk = 1 << 20
+    digest = hashlib.sha256()
+    sizes = [os.path.getsize(prefix + ext) for ext in (".bin", ".idx")]
+    with open(prefix + ".idx", "rb") as f:
+        digest.update(f.read(chunk))
+        if sizes[1] > 2 * chunk:
+            f.seek(-chunk, os.SEEK_END)
+        digest.update(f.read())
+    return f"{sizes[0]}-{sizes[1]}-{digest.hexdigest()[:16]}"
+
+
 def _active_splits(config: GPTDatasetConfig, prefixes: list[str], lengths: list[numpy.ndarray],
                    num_samples: Sequence[int], split: str) -> list:
     """The split matrix with the splits nobody draws from turned off; DataError for a split that

@@ -7,6 +7,7 @@ Every check that can fail on user input runs before anything is written to --sav
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import time
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .. import arguments
+from ..checkpoint_format import CheckpointMetadata, Layout
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
 from ..data.datasets import DataError, build_datasets
@@ -27,15 +29,17 @@ from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
 from ..objectives import (BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
+from ..parallel.agreement import raised_together
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
-from . import checkpointing
+from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
 from .exit_conditions import ExitConditions, ignore_exit_signals
 from .losses import language_model_loss
 from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
 from .optimizer import DynamicLossScaler
+from .resume_checks import check_resume
 from .trainer import Trainer
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,9 +74,9 @@ def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
         raise ConfigError(f"--tokenizer-model {error}") from error
 
 
-def _vocab_size(args, tokenizer: GLMTokenizer, saved: dict | None) -> int:
+def _vocab_size(args, tokenizer: GLMTokenizer, saved: CheckpointMetadata | None) -> int:
     if saved is not None:
-        vocab = saved["config"]["vocab_size"]
+        vocab = saved.config["vocab_size"]
         source = f"the checkpoint in --load {args.load}"
     elif args.vocab_size is not None:
         vocab, source = args.vocab_size, "--vocab-size"
@@ -125,19 +129,20 @@ def _execution_options(args, length: int) -> ExecutionOptions:
                             args.recompute_method, args.recompute_num_layers)
 
 
-def _saved_checkpoint(args) -> dict | None:
+def _saved_checkpoint(args) -> CheckpointMetadata | None:
     if not args.load:
         return None
-    metadata = checkpointing.read_metadata(args.load) if os.path.isdir(args.load) else None
+    metadata = (checkpointing.read_metadata(args.load, args.ckpt_step)
+                if os.path.isdir(args.load) else None)
     if metadata is None:
         log(f"no checkpoint found in --load {args.load}: starting from scratch")
     return metadata
 
 
-def _check_config_matches(config: GLMConfig, saved: dict | None, args):
+def _check_config_matches(config: GLMConfig, saved: CheckpointMetadata | None, args):
     if saved is None:
         return
-    differing = {k: (v, config.to_dict().get(k)) for k, v in saved["config"].items()
+    differing = {k: (v, config.to_dict().get(k)) for k, v in saved.config.items()
                  if config.to_dict().get(k) != v}
     if differing:
         details = ", ".join(f"{k}: saved {a}, flags {b}" for k, (a, b) in differing.items())
@@ -171,6 +176,7 @@ class Job:
     scheduler: OptimizerParamScheduler
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
+    records: dict  # what checkpoints record beside the weights (CheckpointMetadata fields)
     validation_batches: list | None = None  # made at the first evaluation, reused after
     last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
 
@@ -182,17 +188,19 @@ class Job:
                 f"(--load {root}, e.g. with a lower --lr)")
 
 
-def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
+def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job, TrainingState]:
+    """Everything before the first iteration; `cleanup` gets what must be undone at exit."""
     ctx = initialize_distributed(args.tensor_model_parallel_size,
                                  args.pipeline_model_parallel_size, args.device,
                                  timeout_minutes=args.distributed_timeout_minutes)
+    save_directory.check_writable(args.save, "--save")
+    save_directory.check_writable(args.tensorboard_dir, "--tensorboard-dir")
     layout = ctx.layout
     num_microbatches = _num_microbatches(args, ctx)
     seed_all(ctx, args.seed)
     data_path, tokenizer = _resolve_data(args)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
-    args.tokenizer_model = tokenizer.model_path  # recorded in checkpoints, found by exports
     saved = _saved_checkpoint(args)
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
@@ -202,6 +210,17 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
                           f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
                           f"{layout.pipeline}; adjust --global-batch-size")
+    records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
+                                args.decoder_first_pipeline_num_layers,
+                                args.decoder_last_pipeline_num_layers),
+               "tokenizer": run_records.tokenizer_record(tokenizer),
+               "data": run_records.data_record(args, data_path),
+               "schedule": run_records.schedule_record(args),
+               "precision": run_records.precision(args)}
+    if saved is not None:
+        check_resume(args.load, saved, args, data=records["data"], schedule=records["schedule"],
+                     tokenizer_path=tokenizer.model_path,
+                     tokenizer_sha256=records["tokenizer"].sha256)
     # Every evaluation reads the same first validation samples, so losses are comparable.
     eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
     datasets = build_datasets(
@@ -231,20 +250,36 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         distributed_optimizer=args.use_distributed_optimizer)
     optimizer = trainer.optimizer
     scheduler = _scheduler(args, optimizer)
+    _own_save_directory(args, ctx, cleanup)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
-            args.load, model, optimizer, scheduler, ctx, load_optim=not args.no_load_optim,
-            load_rng=not args.no_load_rng, finetune=args.finetune)
+            args.load, model, optimizer, scheduler, ctx, iteration=args.ckpt_step,
+            load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+            finetune=args.finetune, log=log)
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
-    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator)
+    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records)
     if saved is not None and not args.finetune:
         job.last_checkpoint = (args.load, progress.iteration)
     return job, progress
+
+
+def _own_save_directory(args, ctx: ParallelContext, cleanup: contextlib.ExitStack):
+    """Rank 0 locks --save for this run (released at exit) and clears what crashed saves left;
+    a refusal stops every rank."""
+    if not args.save:
+        return
+    with raised_together(ctx, (checkpointing.CheckpointError,)):
+        if ctx.is_rank_zero:
+            lock = save_directory.SaveLock(args.save)
+            note = lock.acquire()
+            cleanup.callback(lock.release)
+            for text in ([note] if note else []) + save_directory.remove_leftovers(args.save):
+                log(text)
 
 
 def _loader(job: Job, split: int, consumed: int):
@@ -259,8 +294,10 @@ def _save(job: Job, progress: TrainingState):
     if not job.args.save or job.last_checkpoint == (job.args.save, progress.iteration):
         return
     checkpointing.save_checkpoint(job.args.save, progress, job.model, job.trainer.optimizer,
-                                  job.scheduler, job.config, vars(job.args), job.ctx)
+                                  job.scheduler, job.config, job.ctx, **job.records)
     job.last_checkpoint = (job.args.save, progress.iteration)
+    if job.args.keep_last_checkpoints and job.ctx.is_rank_zero:
+        save_directory.prune(job.args.save, job.args.keep_last_checkpoints, log)
     log(f"saved checkpoint at iteration {progress.iteration} to "
         f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
 
@@ -349,8 +386,8 @@ def pretrain(argv=None) -> TrainingState:
                            duration_minutes=args.exit_duration_in_mins, started=started)
     together = False
     try:
-        with exits:
-            job, progress = setup(args)
+        with exits, contextlib.ExitStack() as cleanup:
+            job, progress = setup(args, cleanup)
             progress = train(job, progress, exits)
         together = True
         return progress
