@@ -121,6 +121,24 @@ def test_damaged_checkpoint_names_the_file_and_the_fallback(tmp_path, saved_run,
     assert "at iteration 2 " in fallback.stdout
 
 
+@pytest.mark.slow
+def test_a_file_only_one_rank_reads_stops_every_rank(tmp_path):
+    """Rank 1 alone finds its RNG file missing: both ranks stop together with its line, instead
+    of rank 0 waiting in the next collective."""
+    ckpt = str(tmp_path / "ckpt")
+    common = QUICK + ["--train-iters", "2"] + TB + [str(tmp_path / "tb")]
+    saved = run_pretrain(common + ["--save", ckpt], nproc=2)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    os.unlink(os.path.join(ckpt, "iter_0000002", "rng", "rank_00001.pt"))
+    started = time.monotonic()
+    resumed = run_pretrain(common + ["--load", ckpt, "--distributed-timeout-minutes", "3"],
+                           nproc=2)
+    assert time.monotonic() - started < 150  # not a collective's timeout (180 s)
+    errors = [line for line in resumed.stderr.splitlines() if "pretrain_glm.py: error:" in line]
+    assert len(errors) == 1 and "iter_0000002/rng/rank_00001.pt is missing" in errors[0]
+    assert resumed.returncode != 0 and "exitcode  : 2" in resumed.stderr
+
+
 def test_tracker_naming_a_missing_iteration(tmp_path, saved_run):
     ckpt = str(tmp_path / "ckpt")
     shutil.copytree(saved_run, ckpt)
