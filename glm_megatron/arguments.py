@@ -6,6 +6,7 @@ Architecture flags default to None so that `--model-preset` fills them and expli
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Optional, Sequence
 
 from . import objectives
@@ -202,8 +203,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Numeric flags and their smallest allowed value (None: unset is fine). Integers are counts;
+# floats must also be finite.
+_AT_LEAST = {
+    "micro_batch_size": 1, "global_batch_size": 1, "train_iters": 1, "seq_length": 1,
+    "log_interval": 1, "eval_interval": 0, "eval_iters": 0, "save_interval": 1,
+    "exit_interval": 1, "num_workers": 0, "tensor_model_parallel_size": 1,
+    "pipeline_model_parallel_size": 1, "num_layers_per_virtual_pipeline_stage": 1,
+    "decoder_first_pipeline_num_layers": 1, "decoder_last_pipeline_num_layers": 1,
+    "recompute_num_layers": 1, "make_vocab_size_divisible_by": 1, "vocab_size": 1,
+    "lr_warmup_iters": 0, "lr_decay_iters": 1, "lr_wsd_decay_iters": 1, "loss_scale_window": 1,
+    "hysteresis": 1, "keep_last_checkpoints": 1, "ckpt_step": 0,
+    "lr": 0.0, "min_lr": 0.0, "weight_decay": 0.0, "clip_grad": 0.0, "adam_beta1": 0.0,
+    "adam_beta2": 0.0,
+}
+_POSITIVE = ("adam_eps", "loss_scale", "initial_loss_scale", "min_loss_scale",
+             "exit_duration_in_mins", "distributed_timeout_minutes")
+_BELOW_ONE = ("adam_beta1", "adam_beta2")
+_MEANING = {"save_interval": " (leave it out to save only at the end)",
+            "eval_interval": " (0 turns validation off)", "num_workers": " (0 reads in the "
+            "training process)", "eval_iters": " (0 turns validation off)"}
+
+
+def check_ranges(args: argparse.Namespace):
+    """Every numeric flag within its range, before anything runs: one line naming the flag."""
+    for name, value in vars(args).items():
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = f"--{name.replace('_', '-')} {value}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag}: give a finite number")
+        if name in _AT_LEAST and value < _AT_LEAST[name]:
+            raise ConfigError(f"{flag}: must be at least {_AT_LEAST[name]}"
+                              f"{_MEANING.get(name, '')}")
+        if name in _POSITIVE and value <= 0:
+            raise ConfigError(f"{flag}: must be greater than 0")
+        if name in _BELOW_ONE and value >= 1:
+            raise ConfigError(f"{flag}: must be smaller than 1")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    check_ranges(args)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:

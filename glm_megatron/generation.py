@@ -84,3 +84,18 @@ def generate_spans(model: torch.nn.Module, tokenizer: GLMTokenizer, part_a: list
             block_positions.append(block_positions[-1] + 1)
         spans.append(tokens[span_start:])
     return spans
+
+
+def check_prompt_fits(config, part_a: list[int], max_span_tokens: int):
+    """ValueError unless the position ids of Part A and of the longest span fit the model's
+    position table (GLM's learned table would fail with an IndexError; RoPE would run past
+    the positions the model was trained on)."""
+    limit = config.max_position_embeddings
+    if len(part_a) > limit:
+        raise ValueError(f"--text: the text has {len(part_a)} tokens, more than the "
+                         f"{limit} positions the model has (max_position_embeddings); "
+                         "shorten it")
+    if max_span_tokens + 1 > limit:
+        raise ValueError(f"--max-span-tokens {max_span_tokens}: a span's block positions go up "
+                         f"to {max_span_tokens + 1}, more than the model's {limit} positions; "
+                         f"give at most {limit - 1}")

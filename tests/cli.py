@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -20,8 +22,18 @@ QUICK = ["--model-preset", "chatglm3-tiny", "--seq-length", "64", "--micro-batch
          "--eval-iters", "1"]
 
 
+def file_size_limit(limit: int):
+    """A preexec_fn under which writing a file past `limit` bytes fails (EFBIG), as a full
+    disk fails a write (ENOSPC): the same failure path, without needing a small file system."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
 def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600,
-                 python: list[str] | None = None) -> subprocess.CompletedProcess:
+                 python: list[str] | None = None, preexec_fn=None
+                 ) -> subprocess.CompletedProcess:
     if nproc == 1:
         command = [sys.executable, *(python or []), PRETRAIN, *args]
     else:
@@ -29,7 +41,7 @@ def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600,
                    "--nproc_per_node", str(nproc), PRETRAIN, *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=preexec_fn)
 
 
 def _env(extra: dict | None = None) -> dict:

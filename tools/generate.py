@@ -20,7 +20,8 @@ import glm_megatron  # noqa: E402,F401  (quiets megatron-core's import-time warn
 from glm_megatron.convert.checkpoint import CheckpointReader  # noqa: E402
 from glm_megatron.convert.errors import ConversionError  # noqa: E402
 from glm_megatron.data.tokenizer import GLMTokenizer  # noqa: E402
-from glm_megatron.generation import fill_blanks, load_model  # noqa: E402
+from glm_megatron.generation import (check_prompt_fits, encode_blanks,  # noqa: E402
+                                     fill_blanks, load_model)
 from glm_megatron.parallel.context import resolve_device  # noqa: E402
 
 
@@ -53,6 +54,8 @@ def main(argv=None) -> int:
         tokenizer = _tokenizer(args, reader)
         model = load_model(reader, resolve_device("auto"))
         for text in args.text:
+            check_prompt_fits(reader.config, encode_blanks(tokenizer, text)[0],
+                              args.max_span_tokens)
             spans = fill_blanks(model, tokenizer, text, args.max_span_tokens)
             print(text)
             for number, span in enumerate(spans, 1):

@@ -46,15 +46,19 @@ def _os_error(path: str, error: OSError) -> CheckpointError:
 
 
 def _write(obj, path: str):
-    """torch.save through a Python file, so that a full disk is an OSError naming its cause
-    (torch's own writer reports 'unexpected pos'), fsynced."""
+    """torch.save through a Python file, fsynced. A full disk fails a write with an OSError
+    naming its cause, which torch's zip writer may bury under its own 'unexpected pos'
+    RuntimeError when it closes the archive: the OSError is what is reported."""
     try:
         with open(path, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-    except OSError as error:
-        raise _os_error(path, error) from None
+    except (OSError, RuntimeError) as error:
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise _os_error(path, cause) from None
 
 
 def _fsync_dir(path: str):

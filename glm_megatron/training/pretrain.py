@@ -21,7 +21,9 @@ from .. import arguments
 from ..checkpoint_format import CheckpointMetadata, Layout
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
-from ..data.datasets import DataError, build_datasets
+from ..data.datasets import DataError, build_datasets, split_weights
+from ..data.inputs import InputError
+from ..data.preprocess import load_tokenizer
 from ..data.sampler import build_data_loader
 from ..data.tokenizer import GLMTokenizer, padded_vocab_size
 from ..model.builder import build_model_chunks
@@ -64,14 +66,18 @@ def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
     if args.data_path is None or args.tokenizer_model is None:
         builtin_prefix, builtin_tokenizer = ensure_builtin_data()
     data_path = args.data_path if args.data_path is not None else [builtin_prefix]
-    tokenizer_path = args.tokenizer_model or builtin_tokenizer
-    if not os.path.isfile(tokenizer_path):
-        raise ConfigError(f"--tokenizer-model {tokenizer_path} does not exist; give the "
-                          "SentencePiece .model the data was preprocessed with")
     try:
-        return data_path, GLMTokenizer(tokenizer_path)
-    except ValueError as error:  # a model GLM's special tokens cannot be appended to
-        raise ConfigError(f"--tokenizer-model {error}") from error
+        return data_path, load_tokenizer(args.tokenizer_model or builtin_tokenizer)
+    except InputError as error:  # missing, not SentencePiece, or unusable for GLM
+        raise ConfigError(str(error)) from None
+
+
+def _check_validation_split(args):
+    """Validation asked for but given no data would silently never run."""
+    if args.eval_interval and args.eval_iters and split_weights(args.split)[1:2] in ([], [0.0]):
+        raise ConfigError(f"--split {args.split} gives the validation split no share, but "
+                          f"--eval-interval {args.eval_interval} asks for validation; give its "
+                          "second weight a share (e.g. 98,2,0) or pass --eval-interval 0")
 
 
 def _vocab_size(args, tokenizer: GLMTokenizer, saved: CheckpointMetadata | None) -> int:
@@ -198,6 +204,7 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     layout = ctx.layout
     num_microbatches = _num_microbatches(args, ctx)
     seed_all(ctx, args.seed)
+    _check_validation_split(args)
     data_path, tokenizer = _resolve_data(args)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
