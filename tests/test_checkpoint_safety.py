@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from cli import QUICK, ROOT, run_pretrain, start_pretrain, wait_for_line
 from glm_testing import make_trainer, tiny_config
