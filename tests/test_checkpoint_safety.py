@@ -100,7 +100,9 @@ DAMAGE = [
 ]
 
 
-@pytest.mark.parametrize("name,damage,message,accept", DAMAGE, ids=[d[0] for d in DAMAGE])
+@pytest.mark.parametrize("name,damage,message,accept", [
+    pytest.param(*case, marks=[pytest.mark.slow] if case[0] != "missing-optimizer" else [])
+    for case in DAMAGE], ids=[d[0] for d in DAMAGE])
 def test_damaged_checkpoint_names_the_file_and_the_fallback(tmp_path, saved_run, name, damage,
                                                             message, accept):
     ckpt = str(tmp_path / "ckpt")

@@ -23,6 +23,8 @@ from glm_testing import (GENERATIONS, make_batch, make_trainer, micro_batches, s
                          tiny_config)
 from multiprocess import run_distributed
 
+pytestmark = pytest.mark.slow  # every generation trained at TP=2, resharded, continued
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools", "checkpoint")
 GLOBAL_BATCH, MICRO_BATCH, LR = 4, 1, 1e-2

@@ -10,6 +10,8 @@ import torch
 from multiprocess import run_distributed
 from parallel_harness import load_result, train_layout
 
+pytestmark = pytest.mark.slow  # a dozen multi-process runs
+
 # (name, layout spec, world size). Every generation appears, with GLM's blank-infilling input
 # (2D positions and sep) in the pipeline cases.
 LAYOUTS = [

@@ -43,6 +43,7 @@ def _assert_resume_is_bit_exact(tmp_path, save: str, stopped: int, nproc: int):
     assert_identical(checkpoint_files(straight, stopped + 2), checkpoint_files(save, stopped + 2))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resumes_bit_exactly(tmp_path):
     """The whole process group is signalled, as a scheduler does: the workers get SIGTERM too."""
     save, log, marker = str(tmp_path / "save"), str(tmp_path / "run.txt"), uuid.uuid4().hex
