@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 import sentencepiece as spm
+
+from ..atomic_write import write_atomically
 
 SPECIAL_TOKENS = (
     "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
@@ -232,7 +233,8 @@ def train_sentencepiece(documents: Iterable[Union[str, os.PathLike]], vocab_size
                 f"{max_sentence_length} bytes, and SentencePiece skips such pieces") from None
         raise
     path = f"{model_prefix}.model"
-    _write_atomically(path, model.getvalue())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, model.getvalue())
     return path
 
 
@@ -245,20 +247,3 @@ def _train(sentences: Iterator[str], model: io.BytesIO, vocab_size: int, model_t
         allow_whitespace_only_pieces=True, split_digits=True, character_coverage=0.9999,
         max_sentence_length=max_sentence_length, input_sentence_size=max_sentences,
         shuffle_input_sentence=True, num_threads=num_threads, minloglevel=2)
-
-
-def _write_atomically(path: str, data: bytes):
-    """Write to a fresh name beside `path`, then rename: readers see the old file or the whole
-    new one, and a killed process leaves no half-written model under the real name."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

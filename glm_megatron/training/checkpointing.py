@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from ..atomic_write import fsync_dir, write_atomically
 from ..checkpoint_format import (METADATA, MODEL_FILE, REPLACED_SUFFIX, TRACKER,  # noqa: F401
                                  CheckpointError, CheckpointMetadata, Contents, Layout,
                                  fallback_hint, file_damage, find_checkpoint, iteration_dir,
@@ -61,27 +62,11 @@ def _write(obj, path: str):
         raise _os_error(path, cause) from None
 
 
-def _fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _replace_file(path: str, text: str):
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, text.encode(), tmp=f"{path}.tmp.{os.getpid()}")
     except OSError as error:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise _os_error(path, error) from None
-    _fsync_dir(os.path.dirname(path) or ".")
 
 
 @torch.no_grad()
@@ -126,7 +111,7 @@ def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler
                 _write(optimizer.state_dict(),
                        os.path.join(rank_dir, optimizer_file_name(ctx.dp_rank)))
             _write(prandom.rng_state_dict(ctx), os.path.join(staging, rng_file_name(ctx.rank)))
-            _fsync_dir(rank_dir)
+            fsync_dir(rank_dir)
         with raised_together(ctx, (CheckpointError,)):
             if ctx.is_rank_zero:
                 _publish(root, staging, metadata)
@@ -152,8 +137,8 @@ def _prepare(root: str, staging: str, layout: Layout):
 def _publish(root: str, staging: str, metadata: CheckpointMetadata):
     """Metadata, directory fsyncs, rename into place, then the tracker."""
     _replace_file(os.path.join(staging, METADATA), metadata.to_json())
-    _fsync_dir(os.path.join(staging, os.path.dirname(rng_file_name(0))))
-    _fsync_dir(staging)
+    fsync_dir(os.path.join(staging, os.path.dirname(rng_file_name(0))))
+    fsync_dir(staging)
     final = iteration_dir(root, metadata.iteration)
     try:
         if os.path.exists(final):  # saving an iteration again: keep the old copy until replaced
@@ -166,7 +151,7 @@ def _publish(root: str, staging: str, metadata: CheckpointMetadata):
             os.rename(staging, final)
     except OSError as error:
         raise _os_error(final, error) from None
-    _fsync_dir(root)
+    fsync_dir(root)
     _replace_file(os.path.join(root, TRACKER), str(metadata.iteration))
 
 
