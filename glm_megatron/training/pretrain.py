@@ -1,7 +1,10 @@
 """The pretraining job, top to bottom: layout, tokenizer, config, data, model, optimizer, loop.
 
-Every check that can fail on user input runs before anything is written to --save or
---tensorboard-dir, so a bad flag never leaves a half-made run directory behind.
+Every check that can fail on user input runs before the first iteration and before anything is
+written to --save or --tensorboard-dir (--save is only created to hold the run's lock, and
+removed again when the run stops before saving), so a bad flag never leaves a half-made run
+directory behind. The loop stops early, on every rank together, when training diverges or an
+exit condition (signal, time limit) is met.
 """
 
 from __future__ import annotations
