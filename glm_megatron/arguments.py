@@ -6,6 +6,7 @@ Architecture flags default to None so that `--model-preset` fills them and expli
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Optional, Sequence
 
 from . import objectives
@@ -89,7 +90,15 @@ def _training_args(parser: argparse.ArgumentParser):
     g.add_argument("--initial-loss-scale", type=float, default=2.0 ** 32)
     g.add_argument("--min-loss-scale", type=float, default=1.0)
     g.add_argument("--loss-scale-window", type=int, default=1000)
-    g.add_argument("--hysteresis", type=int, default=2)
+    g.add_argument("--hysteresis", type=int, default=2,
+                   help="fp16: overflows before the loss scale is halved, and overflows in a row "
+                        "at the smallest scale that stop the run")
+    g.add_argument("--check-for-nan-in-loss-and-grad", action=_BOOL, default=True,
+                   help="stop the run (every rank, exit status 3) at a non-finite loss or "
+                        "gradient norm; under --fp16 at overflows the loss scale cannot answer "
+                        "(--hysteresis in a row at its smallest) or all-zero gradients. Off: "
+                        "such steps are skipped. A checkpoint with non-finite weights is never "
+                        "written either way")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="cuda (NCCL) when available, else cpu (gloo)")
 
@@ -135,6 +144,9 @@ def _parallel_args(parser: argparse.ArgumentParser):
     g.add_argument("--recompute-granularity", choices=["full", "selective"])
     g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10,
+                   help="a collective that waits longer for a rank (stalled, or dead without "
+                        "closing its connections) fails the job")
 
 
 def _data_args(parser: argparse.ArgumentParser):
@@ -153,12 +165,35 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("checkpointing")
     g.add_argument("--save", help="checkpoint directory")
     g.add_argument("--load", help="resume from this checkpoint directory")
+    g.add_argument("--ckpt-step", type=int,
+                   help="with --load: the iteration to load instead of the tracker's latest "
+                        "(e.g. the complete one an error about a damaged checkpoint names)")
     g.add_argument("--save-interval", type=int, help="default: save only at the end")
-    g.add_argument("--no-load-optim", action="store_true")
-    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--keep-last-checkpoints", type=int, metavar="K",
+                   help="after each save, delete all but the K newest iterations in --save "
+                        "(default: keep all). Megatron-LM has no such flag; this is torchtitan's "
+                        "checkpoint.keep_latest_k under a name in Megatron-LM's flag style")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="on --load, start a fresh optimizer (also accepts a checkpoint whose "
+                        "optimizer files are missing)")
+    g.add_argument("--no-load-rng", action="store_true",
+                   help="on --load, start from fresh random states (also accepts a checkpoint "
+                        "whose RNG files are missing; dropout then differs from a non-stop run)")
+    g.add_argument("--override-data-settings", action="store_true",
+                   help="on --load, accept --global-batch-size, --micro-batch-size, "
+                        "--seq-length, --data-path, --split, --seed or --objective different "
+                        "from the checkpoint's (the samples then differ from a non-stop run's)")
+    g.add_argument("--override-tokenizer", action="store_true",
+                   help="on --load, accept a --tokenizer-model other than the checkpoint's")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only; start at iteration 0 with fresh optimizer and data")
     g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM or SIGUSR1 (Slurm's --signal=USR1@SECONDS), received by any "
+                        "rank: every rank finishes the iteration, saves to --save and exits 0")
+    g.add_argument("--exit-duration-in-mins", type=float,
+                   help="save and exit 0 after the first iteration that ends this many minutes "
+                        "after the start (leave a save's time before the job's limit)")
     g = parser.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--eval-interval", type=int, default=50)
@@ -177,6 +212,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Numeric flags and their smallest allowed value (None: unset is fine). Integers are counts;
+# floats must also be finite.
+_AT_LEAST = {
+    "micro_batch_size": 1, "global_batch_size": 1, "train_iters": 1, "seq_length": 1,
+    "log_interval": 1, "eval_interval": 0, "eval_iters": 0, "save_interval": 1,
+    "exit_interval": 1, "num_workers": 0, "tensor_model_parallel_size": 1,
+    "pipeline_model_parallel_size": 1, "num_layers_per_virtual_pipeline_stage": 1,
+    "decoder_first_pipeline_num_layers": 1, "decoder_last_pipeline_num_layers": 1,
+    "recompute_num_layers": 1, "make_vocab_size_divisible_by": 1, "vocab_size": 1,
+    "lr_warmup_iters": 0, "lr_decay_iters": 1, "lr_wsd_decay_iters": 1, "loss_scale_window": 1,
+    "hysteresis": 1, "keep_last_checkpoints": 1, "ckpt_step": 0,
+    "lr": 0.0, "min_lr": 0.0, "weight_decay": 0.0, "clip_grad": 0.0, "adam_beta1": 0.0,
+    "adam_beta2": 0.0,
+}
+_POSITIVE = ("adam_eps", "loss_scale", "initial_loss_scale", "min_loss_scale",
+             "exit_duration_in_mins", "distributed_timeout_minutes")
+_BELOW_ONE = ("adam_beta1", "adam_beta2")
+_MEANING = {"save_interval": " (leave it out to save only at the end)",
+            "eval_interval": " (0 turns validation off)", "num_workers": " (0 reads in the "
+            "training process)", "eval_iters": " (0 turns validation off)"}
+
+
+def check_ranges(args: argparse.Namespace):
+    """Every numeric flag within its range, before anything runs: one line naming the flag."""
+    for name, value in vars(args).items():
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = f"--{name.replace('_', '-')} {value}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag}: give a finite number")
+        if name in _AT_LEAST and value < _AT_LEAST[name]:
+            raise ConfigError(f"{flag}: must be at least {_AT_LEAST[name]}"
+                              f"{_MEANING.get(name, '')}")
+        if name in _POSITIVE and value <= 0:
+            raise ConfigError(f"{flag}: must be greater than 0")
+        if name in _BELOW_ONE and value >= 1:
+            raise ConfigError(f"{flag}: must be smaller than 1")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
     the defaults of the flags it names, so explicit flags still win."""
@@ -184,11 +258,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     preset = parser.parse_known_args(argv)[0].model_preset
     parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
     args = parser.parse_args(argv)
+    check_ranges(args)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
         raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
                           "are exclusive; pick one")
+    for flag in ("exit_signal_handler", "exit_duration_in_mins"):
+        if getattr(args, flag) not in (None, False) and not args.save:
+            raise ConfigError(f"--{flag.replace('_', '-')} saves before exiting: give --save")
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_iters is None:

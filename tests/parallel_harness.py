@@ -1,5 +1,6 @@
 """Train a tiny GLM for a few steps at a given parallel layout and record what to compare
-with the single-process run: per-step losses and the full (gathered) parameters."""
+with the single-process run: per-step losses and gradient norms (before clipping), and the
+full (gathered) parameters."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 
 import torch
 
-from glm_testing import make_trainer, micro_batches, step_loss, tiny_config
+from glm_testing import make_trainer, micro_batches, tiny_config
 
 GLOBAL_BATCH, MICRO_BATCH, STEPS, LR = 4, 1, 3, 1e-2
 
@@ -27,19 +28,22 @@ def train_layout(spec: dict, out_dir: str):
                          **spec.get("config", {}))
     options = ExecutionOptions(spec.get("sp", False), *spec.get("recompute", (None, None, None)))
     model = build_model_chunks(config, ctx, 7, options=options, virtual_stages=virtual)
-    trainer = make_trainer(ctx, model, GLOBAL_BATCH // (MICRO_BATCH * ctx.dp_size), lr=LR,
+    micro_batch = spec.get("micro_batch", MICRO_BATCH)
+    trainer = make_trainer(ctx, model, GLOBAL_BATCH // (micro_batch * ctx.dp_size), lr=LR,
                            distributed_optimizer=spec.get("distributed_optimizer", False),
                            bucket_elements=spec.get("bucket_elements", 40_000_000))
-    losses = [step_loss(trainer, micro_batches(step, ctx.dp_rank, ctx.dp_size,
-                                               spec.get("kind", "blank"), GLOBAL_BATCH,
-                                               MICRO_BATCH))
-              for step in range(STEPS)]
+    steps = []  # (loss, gradient norm) per step
+    for step in range(STEPS):
+        output, applied, grad_norm = trainer.train_step(micro_batches(
+            step, ctx.dp_rank, ctx.dp_size, spec.get("kind", "blank"), GLOBAL_BATCH, micro_batch))
+        assert applied
+        steps.append((output.mean_loss(ctx), grad_norm))
     params = {n: gather_full(p.detach(), p, ctx.tp_group)
               for n, p in model.written_parameters()}
     if ctx.dp_rank == 0 and ctx.tp_rank == 0:
         torch.save(params, os.path.join(out_dir, f"params_pp{ctx.pp_rank}.pt"))
     if ctx.is_rank_zero:
-        torch.save(losses, os.path.join(out_dir, "losses.pt"))
+        torch.save(steps, os.path.join(out_dir, "steps.pt"))
     shutdown()
 
 
@@ -48,4 +52,4 @@ def load_result(out_dir: str) -> tuple[list, dict]:
     for name in sorted(os.listdir(out_dir)):
         if name.startswith("params_"):
             params.update(torch.load(os.path.join(out_dir, name)))
-    return torch.load(os.path.join(out_dir, "losses.pt")), params
+    return torch.load(os.path.join(out_dir, "steps.pt")), params

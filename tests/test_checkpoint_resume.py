@@ -33,7 +33,7 @@ def _run(out_dir: str, distributed: bool, start: int, stop: int, load: bool, sav
               for step in range(start, stop)]
     if save:
         checkpointing.save_checkpoint(ckpt, checkpointing.TrainingState(stop, 0), model,
-                                      trainer.optimizer, None, config, {}, ctx)
+                                      trainer.optimizer, None, config, ctx)
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     if ctx.is_rank_zero:
         torch.save((losses, params), os.path.join(out_dir, f"run_{start}_{stop}.pt"))

@@ -122,7 +122,7 @@ def _evaluate_worker(jobs: list[dict], out_dir: str):
     for job in jobs:
         ctx = initialize_distributed(job["tp"], job["pp"], "cpu")
         seed_all(ctx, 1234)
-        config = GLMConfig.from_dict(read_metadata(job["ckpt"])["config"])
+        config = GLMConfig.from_dict(read_metadata(job["ckpt"]).config)
         batch = job["batch"]
         result = None
         if job["kind"] == "pooled":

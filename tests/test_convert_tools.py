@@ -25,13 +25,13 @@ def run_tool(name: str, *args: str, env: dict | None = None) -> subprocess.Compl
                           capture_output=True, text=True, env=env)
 
 
-def write_checkpoint(root: str, config, tp: int = 1, pp: int = 1, fill=None, args=None,
+def write_checkpoint(root: str, config, tp: int = 1, pp: int = 1, fill=None,
                      optimizer: bool = False) -> dict:
     """A checkpoint of `config` written by our CheckpointWriter (random weights and, with
     `optimizer`, random optimizer state); returns the full optimizer state written."""
     from glm_megatron.convert.checkpoint import CheckpointWriter
     from glm_megatron.convert.schema import Head
-    writer = CheckpointWriter(root, config, Head(), tp, pp, iteration=3, args=args or {})
+    writer = CheckpointWriter(root, config, Head(), tp, pp, iteration=3)
     g = torch.Generator().manual_seed(0)
     states = {}
     for stage in range(pp):
@@ -284,6 +284,10 @@ def test_reshard_joins_distributed_optimizer_shards(tmp_path):
                                             ("master", "exp_avg", "exp_avg_sq")}}]
         for dp, part in enumerate(parts):
             torch.save(part, rank_dir / f"optimizer_dp{dp:03d}.pt")
+    metadata_path = tmp_path / "zero1" / "iter_0000003" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())  # as a DP=2 run with ZeRO-1 saves it
+    metadata["layout"].update(data=2, distributed_optimizer=True)
+    metadata_path.write_text(json.dumps(metadata))
     for source in ("whole", "zero1"):
         result = run_tool("reshard.py", "--load-dir", str(tmp_path / source), "--save-dir",
                           str(tmp_path / f"{source}-tp1-pp2"), "--target-tensor-parallel-size",

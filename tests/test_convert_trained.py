@@ -23,6 +23,8 @@ from glm_testing import (GENERATIONS, make_batch, make_trainer, micro_batches, s
                          tiny_config)
 from multiprocess import run_distributed
 
+pytestmark = pytest.mark.slow  # every generation trained at TP=2, resharded, continued
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools", "checkpoint")
 GLOBAL_BATCH, MICRO_BATCH, LR = 4, 1, 1e-2
@@ -97,6 +99,7 @@ def _train_and_save_worker(out_dir: str):
     import glm_megatron  # noqa: F401
     from megatron.core import parallel_state as mpu
     from glm_megatron.parallel.context import shutdown
+    from glm_megatron.checkpoint_format import TokenizerRecord
     from glm_megatron.training.checkpointing import TrainingState, save_checkpoint
 
     results = {}
@@ -105,8 +108,8 @@ def _train_and_save_worker(out_dir: str):
         _train(trainer, range(SAVED_AT))
         token_ids = {"mask": MASK, "sop": SOP, "eop": EOP, "pad": 0, "eos": 1}
         save_checkpoint(os.path.join(out_dir, preset), TrainingState(SAVED_AT, 8), model,
-                        trainer.optimizer, None, config,
-                        {"tensor_model_parallel_size": 2, "hf_token_ids": token_ids}, trainer.ctx)
+                        trainer.optimizer, None, config, trainer.ctx,
+                        tokenizer=TokenizerRecord(special_tokens=token_ids))
         batches = {"blank": make_batch("blank", seed=11), "causal": make_batch("causal", seed=12)}
         group = trainer.ctx.tp_group
         logits = {kind: _full_logits(model, b, group) for kind, b in batches.items()}

@@ -6,9 +6,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from cli import PRETRAIN, ROOT
 
 
+@pytest.mark.slow
 def test_default_run(tmp_path):
     result = subprocess.run([sys.executable, PRETRAIN], cwd=tmp_path, capture_output=True,
                             text=True, timeout=900, env=dict(os.environ, PYTHONPATH=ROOT))

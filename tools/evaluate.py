@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
-    path = args.tokenizer_model or (reader.metadata.get("args") or {}).get("tokenizer_model")
+    path = args.tokenizer_model or reader.tokenizer_path
     if not path or not os.path.isfile(path):
         raise ConversionError(f"--tokenizer-model: the run's tokenizer {path!r} is not there; "
                               "give the SentencePiece .model it trained with")
@@ -69,8 +69,8 @@ def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
 
 
 def _default_mode(reader: CheckpointReader) -> str:
-    objective = (reader.metadata.get("args") or {}).get("objective", "causal")
-    return "causal" if objective == "causal" else "gmask"
+    data = reader.metadata.data
+    return "gmask" if data and data.objective in ("blank-infilling", "prefix-lm") else "causal"
 
 
 def read_texts(paths: list[str], json_key: str, one_per_line: bool) -> list[str]:

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
-    path = args.tokenizer_model or (reader.metadata.get("args") or {}).get("tokenizer_model")
+    path = args.tokenizer_model or reader.tokenizer_path
     if not path or not os.path.isfile(path):
         raise ConversionError(f"--tokenizer-model: the run's tokenizer {path!r} is not there; "
                               "give the SentencePiece .model it trained with")
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     try:
         reader = CheckpointReader(args.load, args.iteration, flag="--load")
         tokenizer = _tokenizer(args, reader)
-        prepend_cls = bool((reader.metadata.get("args") or {}).get("prepend_cls"))
+        prepend_cls = reader.prepends_cls
         model = load_model(reader, resolve_device("auto"))
         results = []
         for number, text in enumerate(texts, 1):

@@ -105,7 +105,9 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # e.g. the disk filled up while writing
-        print(f"{PROG}: error: {error}; nothing written", file=sys.stderr)
+        where = error.filename or f"{args.output_prefix}_*_document.bin/.idx"
+        print(f"{PROG}: error: cannot write {where}: "
+              f"{(error.strerror or str(error)).lower()}; nothing written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing written", file=sys.stderr)

@@ -39,7 +39,8 @@ from glm_megatron.data.inputs import (TEXT_DOCUMENTS, InputError, Skip,  # noqa:
                                       check_inputs, decode_record, iter_records,
                                       list_input_files)
 from glm_megatron.data.preprocess import load_tokenizer  # noqa: E402
-from glm_megatron.data.tokenizer import padded_vocab_size, train_sentencepiece  # noqa: E402
+from glm_megatron.data.tokenizer import (MAX_SENTENCE_BYTES, SentenceLengthError,  # noqa: E402
+                                         padded_vocab_size, train_sentencepiece)
 
 PROG = "tools/train_tokenizer.py"
 
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-sentences", type=int, default=2_000_000,
                    help="paragraphs SentencePiece samples from the input (it holds them in "
                         "memory)")
+    g.add_argument("--max-sentence-length", type=int, default=MAX_SENTENCE_BYTES, metavar="BYTES",
+                   help="SentencePiece's limit on one text piece (a paragraph, or a line of a "
+                        "longer one); longer pieces are left out of training")
     g.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
     g = parser.add_argument_group("vocabulary padding (printed, as pretrain_glm.py applies it)")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
@@ -128,18 +132,24 @@ def train(args) -> str:
     for flag, value in (("--vocab-size", args.vocab_size), ("--model-prefix", args.model_prefix)):
         if value is None:
             raise InputError(f"{flag} is required to train (or give --describe MODEL)")
-    if args.vocab_size < 1:
-        raise InputError(f"--vocab-size {args.vocab_size}: give a positive number of pieces")
+    for flag, value in (("--vocab-size", args.vocab_size),
+                        ("--max-sentence-length", args.max_sentence_length)):
+        if value < 1:
+            raise InputError(f"{flag} {value}: give a positive number")
     files = list_input_files(args.input or [])
     check_inputs(files, args.json_keys)
-    skipped, errors, read = Counter(), [], [0]
+    skipped, errors, read, pieces = Counter(), [], [0], Counter()
     documents = _documents(files, args.json_keys, args.text_documents, skipped, errors, read)
     start = time.monotonic()
     try:
         path = train_sentencepiece(documents, args.vocab_size, args.model_prefix,
                                    model_type=args.model_type, seed=args.seed,
                                    num_threads=max(1, args.num_threads),
-                                   max_sentences=args.max_sentences)
+                                   max_sentences=args.max_sentences,
+                                   max_sentence_length=args.max_sentence_length, counts=pieces)
+    except SentenceLengthError as error:
+        raise InputError(f"--input: {error}; raise --max-sentence-length (now "
+                         f"{args.max_sentence_length}) or break the text into lines") from None
     except RuntimeError as error:
         if errors:
             raise errors[0] from None
@@ -153,6 +163,9 @@ def train(args) -> str:
     print(f"trained {path} on {read[0]:,} documents in {time.monotonic() - start:.1f} s")
     for (key, reason), count in skipped.most_common():
         print(f"  skipped {count:,} {reason} [{key}]")
+    if pieces["too long"]:
+        print(f"  left out {pieces['too long']:,} text pieces longer than --max-sentence-length "
+              f"{args.max_sentence_length}")
     return path
 
 

@@ -1,4 +1,4 @@
-"""Streaming access to our checkpoints (glm_megatron/training/checkpointing.py's layout) from a
+"""Streaming access to our checkpoints (the format of glm_megatron/checkpoint_format.py) from a
 single process, at any TP x PP x DP layout, with or without the distributed optimizer.
 
 The reader indexes every rank file once (memory-mapped, no weights read), then hands out full
@@ -9,18 +9,21 @@ at a time. Only model weights are needed for export; optimizer state is read for
 The writer lays out the files `load_checkpoint` reads: per (TP, PP) rank the model shards with
 their partition specs and `_extra_state` entries, optionally the optimizer state as one
 `optimizer_dp000.pt` (per-parameter element ranges, which load at any DP size), metadata and the
-tracker.
+tracker. Its checkpoints hold no random states (they belong to the ranks of a run).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
 
+from ..checkpoint_format import (METADATA, MODEL_FILE, TRACKER, CheckpointError,
+                                 CheckpointMetadata, Contents, Layout, file_damage,
+                                 find_checkpoint, iteration_dir, optimizer_file_name,
+                                 rank_dir_name)
 from ..config import ConfigError, GLMConfig
 from ..parallel.layer_split import stage_layer_ranges
 from ..parallel.sharding import shard, unshard
@@ -28,24 +31,7 @@ from .errors import ConversionError
 from .schema import (EXTRA_STATE, OUTPUT_LAYER, Head, Param, layer_extra_state, layer_params,
                      post_extra_state, post_params, pre_params)
 
-# The format of glm_megatron/training/checkpointing.py, restated here so that the converters
-# run without importing megatron-core (seconds per start). The tests check that both sides
-# agree: test_convert_trained.py reads what save_checkpoint writes, test_convert_hf.py and
-# test_convert_trained.py load what we write with load_checkpoint.
-TRACKER = "latest_checkpointed_iteration.txt"
-METADATA = "metadata.json"
-FORMAT_VERSION = 1
-MODEL_FILE = "model_optim_rng.pt"
-OPTIMIZER_PREFIX = "optimizer_dp"
 OPTIMIZER_KEYS = ("master", "exp_avg", "exp_avg_sq")
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def rank_dir_name(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
 
 
 def _load(path: str) -> dict:
@@ -76,12 +62,14 @@ class CheckpointReader:
 
     def __init__(self, root: str, iteration: Optional[int] = None, flag: str = "--load-dir"):
         self.root = root
-        self.iter_dir, self.metadata = _find_iteration(root, iteration, flag)
-        layout = self.metadata.get("layout") or {}
-        self.tp, self.pp = int(layout.get("tensor", 1)), int(layout.get("pipeline", 1))
-        self.dp = int(layout.get("data", 1))
         try:
-            self.config = GLMConfig.from_dict(self.metadata["config"])
+            self.iter_dir, self.metadata = find_checkpoint(root, iteration, flag, "--iteration")
+        except CheckpointError as error:
+            raise ConversionError(str(error)) from None
+        layout = self.metadata.layout
+        self.tp, self.pp, self.dp = layout.tensor, layout.pipeline, layout.data
+        try:
+            self.config = GLMConfig.from_dict(self.metadata.config)
         except (ConfigError, TypeError, KeyError) as e:
             raise ConversionError(f"{self.iter_dir}/{METADATA}: its config is not a valid "
                                   f"GLMConfig ({e}); the checkpoint was not written by "
@@ -155,7 +143,17 @@ class CheckpointReader:
     # Reading ---------------------------------------------------------------------------------
     @property
     def iteration(self) -> int:
-        return int(self.metadata["iteration"])
+        return self.metadata.iteration
+
+    @property
+    def prepends_cls(self) -> bool:
+        """Whether the run's inputs began with [CLS] (GLM's --prepend-cls)."""
+        return bool(self.metadata.data and self.metadata.data.prepend_cls)
+
+    @property
+    def tokenizer_path(self) -> Optional[str]:
+        """The SentencePiece model the run trained with, as recorded (None: not recorded)."""
+        return self.metadata.tokenizer.path if self.metadata.tokenizer else None
 
     def dtype_of(self, name: str) -> torch.dtype:
         return self.entries[name].dtype
@@ -194,12 +192,23 @@ class CheckpointReader:
 
     # Optimizer state (resharding) -------------------------------------------------------------
     def has_optimizer_state(self) -> bool:
-        return bool(self._optimizer_files(0, 0))
+        """Whether the checkpoint was saved with its optimizer; ConversionError when it was
+        but an optimizer file is missing or truncated (never read as a weights-only one)."""
+        if not self.metadata.contents.optimizer:
+            return False
+        for stage in range(self.pp):
+            for t in range(self.tp):
+                for path in self._optimizer_files(t, stage):
+                    problem = file_damage(path)
+                    if problem:
+                        raise ConversionError(
+                            f"{path} is {problem}: the checkpoint's optimizer state is "
+                            "incomplete; pass --no-optimizer to reshard the weights only")
+        return True
 
     def _optimizer_files(self, tp_rank: int, stage: int) -> list[str]:
-        rank_dir = os.path.dirname(self.rank_file(tp_rank, stage))
-        return sorted(os.path.join(rank_dir, f) for f in os.listdir(rank_dir)
-                      if f.startswith(OPTIMIZER_PREFIX))
+        return [self.rank_file(tp_rank, stage, optimizer_file_name(d))
+                for d in range(self.metadata.layout.optimizer_files)]
 
     def optimizer_common(self) -> dict:
         """Step count and loss-scaler state (the same on every rank)."""
@@ -255,47 +264,6 @@ def _assemble(entries: Optional[list], shape: tuple, name: str) -> dict[str, tor
     return out
 
 
-def _latest_iteration(root: str) -> Optional[int]:
-    tracker = os.path.join(root, TRACKER)
-    if not os.path.isfile(tracker):
-        return None
-    text = open(tracker).read().strip()
-    if not text.isdigit():
-        raise ConversionError(f"{tracker} is not an iteration number; fix it or pass --iteration")
-    return int(text)
-
-
-def _find_iteration(root: str, iteration: Optional[int], flag: str) -> tuple[str, dict]:
-    if not os.path.isdir(root):
-        raise ConversionError(f"{flag} {root} does not exist; give the --save directory of a "
-                              "training run")
-    direct = os.path.join(root, METADATA)
-    if iteration is None and os.path.isfile(direct):  # an iter_XXXXXXX directory itself
-        path = root
-    else:
-        latest = _latest_iteration(root)
-        if latest is None and iteration is None:
-            raise ConversionError(
-                f"{flag} {root} is not a glm_megatron checkpoint (no {TRACKER}); give the "
-                "--save directory of a training run, or an iter_XXXXXXX directory in it")
-        path = iteration_dir(root, iteration if iteration is not None else latest)
-        if not os.path.isdir(path) and os.path.isdir(path + ".replaced"):
-            path += ".replaced"
-        if not os.path.isfile(os.path.join(path, METADATA)):
-            raise ConversionError(f"{flag} {root}: {path} is missing or incomplete; pick a "
-                                  "complete iteration with --iteration")
-    try:
-        with open(os.path.join(path, METADATA)) as f:
-            metadata = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}/{METADATA} cannot be read ({e}); the checkpoint "
-                              "is damaged") from None
-    if "config" not in metadata or "iteration" not in metadata:
-        raise ConversionError(f"{path}/{METADATA} has no config or iteration; it was not "
-                              "written by glm_megatron")
-    return path, metadata
-
-
 class CheckpointWriter:
     """Writes one iteration of our checkpoint at TP x PP, one pipeline rank at a time.
 
@@ -306,13 +274,17 @@ class CheckpointWriter:
     def __init__(self, root: str, config: GLMConfig, head: Head, tp: int, pp: int, *,
                  virtual_stages: int = 1, first_stage_layers: Optional[int] = None,
                  last_stage_layers: Optional[int] = None, iteration: int = 0,
-                 consumed_samples: int = 0, data_parallel: int = 1,
-                 args: Optional[dict] = None):
+                 consumed_samples: int = 0, data_parallel: int = 1, **records):
+        """`records`: CheckpointMetadata's other fields (tokenizer, data, schedule, precision,
+        converted_from, hf_layout)."""
         self.root, self.config, self.head = root, config, head
         self.tp, self.pp = tp, pp
         self.num_stages = pp * virtual_stages
         self.iteration, self.consumed_samples = iteration, consumed_samples
-        self.data_parallel, self.args = data_parallel, args or {}
+        self.layout = Layout(tp, pp, data_parallel, virtual_stages, first_stage_layers,
+                             last_stage_layers)
+        self.records = records
+        self.with_optimizer = False
         try:
             config.check_tensor_parallel(tp)
             self.ranges = stage_layer_ranges(config.num_layers, self.num_stages,
@@ -398,7 +370,8 @@ class CheckpointWriter:
                              for k, v in optimizer[name].items()}
                     numel = next(iter(entry.values())).numel()
                     state["params"][name] = [{"start": 0, "end": numel, **entry}]
-                torch.save(state, os.path.join(rank_dir, f"{OPTIMIZER_PREFIX}000.pt"))
+                torch.save(state, os.path.join(rank_dir, optimizer_file_name(0)))
+                self.with_optimizer = True
         self._written.add(stage)
 
     def _shard(self, full: torch.Tensor, param: Param, rank: int) -> torch.Tensor:
@@ -410,14 +383,11 @@ class CheckpointWriter:
         missing = sorted(set(range(self.pp)) - self._written)
         if missing:
             raise ConversionError(f"internal: pipeline stages {missing} were not written")
-        metadata = {
-            "format_version": FORMAT_VERSION, "iteration": self.iteration,
-            "consumed_samples": self.consumed_samples,
-            "layout": {"tensor": self.tp, "pipeline": self.pp, "data": self.data_parallel},
-            "config": self.config.to_dict(), "args": self.args,
-        }
+        metadata = CheckpointMetadata(
+            self.iteration, self.consumed_samples, self.config.to_dict(), layout=self.layout,
+            contents=Contents(optimizer=self.with_optimizer, rng=False), **self.records)
         with open(os.path.join(self.iter_dir, METADATA), "w") as f:
-            json.dump(metadata, f, indent=2)
+            f.write(metadata.to_json())
         with open(os.path.join(self.root, TRACKER), "w") as f:
             f.write(str(self.iteration))
 

@@ -52,11 +52,12 @@ def export_checkpoint(load_dir: str, save_dir: str, *, hf_layout: Optional[str] 
         raise ConversionError(f"--dtype {dtype!r} is unknown; choose one of {', '.join(DTYPES)}")
     out_dtype = DTYPES.get(dtype)
 
-    tokenizer = tokenizer_files.resolve(tokenizer_model, reader.metadata.get("args") or {}, log)
+    recorded = reader.metadata.tokenizer
+    tokenizer = tokenizer_files.resolve(tokenizer_model, recorded, log)
     if tokenizer is not None:
         tokenizer_files.check_fits(tokenizer, cfg.vocab_size)
     tokens = (tokenizer_files.special_tokens(tokenizer) if tokenizer is not None else
-              SpecialTokens.from_dict((reader.metadata.get("args") or {}).get("hf_token_ids")))
+              SpecialTokens.from_dict(recorded.special_tokens if recorded else None))
     if head.is_classifier and tokens.pad is None:
         raise ConversionError("a classification model needs a pad token id (it pools the last "
                               "non-pad token): pass --tokenizer-model")

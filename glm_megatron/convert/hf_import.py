@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..checkpoint_format import TokenizerRecord
 from .checkpoint import CheckpointWriter, pipeline_split
 from .errors import ConversionError
 from .hf_files import HFWeights
@@ -83,13 +84,14 @@ def import_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int = 1,
                 f"{load_dir}: {name} has shape {list(weights.shapes[name])} but config.json "
                 f"implies {list(shape)}; the weights and config.json disagree")
 
-    writer_args = {"converted_from": os.path.abspath(load_dir), "hf_layout": layout.name,
-                   "hf_token_ids": tokens.to_dict()}
+    special = {k: v for k, v in tokens.to_dict().items() if v is not None}
+    records = {"converted_from": os.path.abspath(load_dir), "hf_layout": layout.name,
+               "tokenizer": TokenizerRecord(special_tokens=special)}
     log(f"importing {load_dir} ({layout.name}: {layout.description}; {cfg.num_layers} layers x "
         f"{cfg.hidden_size}) to {save_dir} at TP={tensor_parallel} x PP={pipeline_parallel}")
     with staged_output_dir(save_dir, "--save-dir", overwrite) as staging:
         writer = CheckpointWriter(staging, cfg, head, tensor_parallel, pipeline_parallel,
-                                  args=writer_args, **split)
+                                  **records, **split)
         bar = _bar(cfg.num_layers + 2, progress)
         for stage in range(pipeline_parallel):
             tensors = {}

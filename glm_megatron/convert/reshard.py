@@ -5,7 +5,9 @@ Weights and each parameter's fp32 master copy and Adam moments are joined over T
 DP ranks of the distributed optimizer) and split again for the target, stage by stage. The
 optimizer state is written as one `optimizer_dp000.pt` per rank holding whole parameters, which
 `load_checkpoint` reads at any DP size, with or without the distributed optimizer. RNG states
-belong to the old ranks and are not carried over (dropout masks differ after a reshard).
+belong to the old ranks and are not carried over (dropout masks differ after a reshard). A
+checkpoint saved with its optimizer whose optimizer files are missing is an error, never
+silently resharded as weights only (--no-optimizer drops the state on purpose).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
+from ..checkpoint_format import records_of
 from .checkpoint import CheckpointReader, CheckpointWriter, pipeline_split
 from .schema import OUTPUT_LAYER, WORD_EMBEDDINGS
 from .staging import check_target, staged_output_dir
@@ -28,26 +31,21 @@ def reshard_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int,
     cfg, head = reader.config, reader.head
     with_optimizer = optimizer and reader.has_optimizer_state()
     if optimizer and not with_optimizer:
-        log("note: the checkpoint holds no optimizer state; resharding the weights only")
+        log("note: the checkpoint was saved without optimizer state (imported, or resharded "
+            "with --no-optimizer); resharding the weights only")
     common = reader.optimizer_common() if with_optimizer else None
     scheduler = reader.scheduler_state()
-    args = dict(reader.metadata.get("args") or {})
     split = pipeline_split(cfg, pipeline_parallel, layers_per_virtual_stage, first_stage_layers,
                            last_stage_layers)
-    targets = {"tensor_model_parallel_size": tensor_parallel,
-               "pipeline_model_parallel_size": pipeline_parallel,
-               "num_layers_per_virtual_pipeline_stage": layers_per_virtual_stage,
-               "decoder_first_pipeline_num_layers": first_stage_layers,
-               "decoder_last_pipeline_num_layers": last_stage_layers}
-    args.update({k: v for k, v in targets.items() if k in args})
     log(f"resharding {reader.iter_dir} (iteration {reader.iteration}) from TP={reader.tp} x "
         f"PP={reader.pp} x DP={reader.dp} to TP={tensor_parallel} x PP={pipeline_parallel} "
         f"into {save_dir}" + ("" if with_optimizer else " (weights only)"))
     with staged_output_dir(save_dir, "--save-dir", overwrite) as staging:
         writer = CheckpointWriter(staging, cfg, head, tensor_parallel, pipeline_parallel,
                                   iteration=reader.iteration,
-                                  consumed_samples=reader.metadata.get("consumed_samples", 0),
-                                  data_parallel=reader.dp, args=args, **split)
+                                  consumed_samples=reader.metadata.consumed_samples,
+                                  data_parallel=reader.dp, **split,
+                                  **records_of(reader.metadata))
         stages = range(pipeline_parallel)
         if progress:
             from tqdm import tqdm

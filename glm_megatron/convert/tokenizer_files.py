@@ -26,30 +26,19 @@ import os
 import shutil
 from typing import Callable, Optional
 
+from ..checkpoint_format import TokenizerRecord
 from .errors import ConversionError
 from .layouts import SpecialTokens
 
 _UNUSABLE_SCORE = -1e9
 
 
-def _builtin_tokenizer(args: dict) -> Optional[str]:
-    """The built-in corpus' tokenizer, for a run that used it (no --tokenizer-model recorded)."""
-    if "tokenizer_model" not in args or args.get("tokenizer_model"):
-        return None
-    from ..data.builtin import builtin_cache_dir
-    path = os.path.join(builtin_cache_dir(), "tokenizer.model")
-    return path if os.path.isfile(path) else None
-
-
-def resolve(path: Optional[str], args: dict, log: Callable[[str], None]):
-    """The tokenizer to export: --tokenizer-model, else the one the run recorded in its args,
-    else the built-in corpus' tokenizer when the run trained on it."""
+def resolve(path: Optional[str], recorded: Optional[TokenizerRecord],
+            log: Callable[[str], None]):
+    """The tokenizer to export: --tokenizer-model, else the one the run recorded."""
     flag = "--tokenizer-model"
-    if path is None and _builtin_tokenizer(args):
-        path, flag = _builtin_tokenizer(args), "the built-in tokenizer"
-        log(f"exporting {flag} {path} (the run used the built-in corpus)")
-    if path is None and args.get("tokenizer_model"):
-        path, flag = args["tokenizer_model"], "the checkpoint's recorded --tokenizer-model"
+    if path is None and recorded is not None and recorded.path:
+        path, flag = recorded.path, "the checkpoint's recorded --tokenizer-model"
         if not os.path.isfile(path):
             log(f"note: {flag} {path} no longer exists: exporting without a tokenizer "
                 "(pass --tokenizer-model)")

@@ -69,7 +69,8 @@ def parse_data_path(data_path: Sequence[str]) -> tuple[list[str], Optional[list[
     return items[1::2], weights
 
 
-def _check_split(split: str):
+def split_weights(split: str) -> list[float]:
+    """--split as its train,valid,test weights (one to three); DataError when malformed."""
     parts = re.split(r"[,/]", split)
     try:
         values = [float(p) for p in parts]
@@ -79,11 +80,17 @@ def _check_split(split: str):
             sum(values) <= 0:
         raise DataError(f"--split {split!r}: give up to three non-negative train,valid,test "
                         "weights with a positive sum, e.g. 969,30,1")
+    return values
 
 
 def read_sequence_lengths(prefix: str) -> numpy.ndarray:
     """Tokens per document of an indexed dataset, after checking that its .idx is whole and
     agrees with its .bin; DataError otherwise."""
+    return _read_index(prefix)[0]
+
+
+def _read_index(prefix: str) -> tuple[numpy.ndarray, type]:
+    """(tokens per document, token dtype) of a checked indexed dataset."""
     for ext in (".bin", ".idx"):
         if prefix.endswith(ext):
             raise DataError(f"--data-path {prefix}: drop the {ext} extension; {_PREFIX_HINT}")
@@ -114,7 +121,60 @@ def read_sequence_lengths(prefix: str) -> numpy.ndarray:
         raise DataError(f"--data-path {prefix}: {prefix}.bin has {bin_size} bytes but its .idx "
                         f"describes {expected}; the pair is truncated or from different writes, "
                         "write the dataset again")
-    return lengths
+    return lengths, DType.dtype_from_code(code)
+
+
+def largest_token_id(prefix: str, dtype: type, cache_dir: str) -> int:
+    """The largest token id in PREFIX.bin: one pass over the file the first time, then read
+    from `cache_dir` (which is keyed by the data files' sizes and times)."""
+    cache = os.path.join(cache_dir, f"{os.path.basename(prefix)}.largest_token_id")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return int(f.read())
+    tokens = numpy.memmap(prefix + ".bin", dtype=dtype, mode="r")
+    chunk = 1 << 26
+    largest = max((int(tokens[i:i + chunk].max()) for i in range(0, len(tokens), chunk)),
+                  default=-1)
+    tmp = f"{cache}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(str(largest))
+    os.replace(tmp, cache)
+    return largest
+
+
+def _check_token_ids(prefixes: list[str], dtypes: list[type], cache_dir: str, tokenizer):
+    """Token ids the tokenizer does not have (data preprocessed with another tokenizer, a
+    foreign .bin) would fail deep in the embedding: say so when the data is opened. Rank 0
+    scans and caches first; the others then read the cache."""
+    distributed = torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    if distributed and rank:
+        torch.distributed.barrier()
+    largest = [largest_token_id(p, d, cache_dir) for p, d in zip(prefixes, dtypes)]
+    if distributed and not rank:
+        torch.distributed.barrier()
+    for prefix, top in zip(prefixes, largest):
+        if top >= tokenizer.vocab_size:
+            raise DataError(f"--data-path {prefix} holds token id {top}, but the tokenizer has "
+                            f"{tokenizer.vocab_size} tokens: the data was preprocessed with "
+                            "another tokenizer; give --tokenizer-model the one "
+                            "tools/preprocess_data.py used")
+
+
+def fingerprint(prefix: str) -> str:
+    """Identifies an indexed dataset's content wherever it lies (a copied or moved dataset
+    keeps it): the sizes of both files and a hash of the .idx's first and last MiB, which hold
+    the document lengths. DataError for a missing or damaged dataset."""
+    read_sequence_lengths(prefix)
+    chunk = 1 << 20
+    digest = hashlib.sha256()
+    sizes = [os.path.getsize(prefix + ext) for ext in (".bin", ".idx")]
+    with open(prefix + ".idx", "rb") as f:
+        digest.update(f.read(chunk))
+        if sizes[1] > 2 * chunk:
+            f.seek(-chunk, os.SEEK_END)
+        digest.update(f.read())
+    return f"{sizes[0]}-{sizes[1]}-{digest.hexdigest()[:16]}"
 
 
 def _active_splits(config: GPTDatasetConfig, prefixes: list[str], lengths: list[numpy.ndarray],
@@ -215,7 +275,7 @@ def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: 
     Call on every rank: with torch.distributed initialized the ranks synchronise (rank 0 builds
     the indices first); a blend needs it initialized (a world of 1 is fine)."""
     prefixes, weights = parse_data_path(data_path)
-    _check_split(split)
+    split_weights(split)
     if seq_length < 1 or len(num_samples) != 3 or min(num_samples) < 0:
         raise ValueError(f"seq_length {seq_length} must be positive and num_samples "
                          f"{tuple(num_samples)} three non-negative counts")
@@ -223,13 +283,14 @@ def build_datasets(data_path: Sequence[str], split: str, seq_length: int, seed: 
         raise RuntimeError("a --data-path blend needs torch.distributed initialized "
                            "(megatron-core's BlendedDataset asks for the rank); a world of 1 "
                            "is fine")
-    lengths = [read_sequence_lengths(p) for p in prefixes]
+    lengths, dtypes = zip(*(_read_index(p) for p in prefixes))
     cache_path = cache_path or _default_cache_path(prefixes)
     try:
         os.makedirs(cache_path, exist_ok=True)
     except OSError as error:
         raise DataError(f"--data-path {prefixes[0]}: cannot create the index cache {cache_path} "
                         f"({error}); make the data folder writable") from error
+    _check_token_ids(prefixes, list(dtypes), cache_path, tokenizer)
     config = GPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, blend=(prefixes, weights), split=split,
         path_to_cache=cache_path, tokenizer=_MegatronTokenizer(tokenizer),

@@ -170,7 +170,10 @@ class _IndexedWriters:
 
     def abort(self):
         for builder in self.builders:
-            builder.data_file.close()
+            try:
+                builder.data_file.close()
+            except OSError:  # a full disk fails the flush of the last buffer again
+                pass
         for paths in self.temps:
             for path in paths:
                 if os.path.exists(path):

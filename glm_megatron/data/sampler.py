@@ -15,7 +15,7 @@ the same samples get the same masks at any DP size, in any worker, and after a r
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -70,12 +70,17 @@ class CollatedMicroBatches(torch.utils.data.Dataset):
 
 def build_data_loader(samples, collate: Callable, consumed_samples: int, micro_batch_size: int,
                       data_parallel_rank: int, data_parallel_size: int, seed: int,
-                      split: int = 0, num_workers: int = 0) -> torch.utils.data.DataLoader:
+                      split: int = 0, num_workers: int = 0,
+                      worker_init_fn: Optional[Callable[[int], None]] = None
+                      ) -> torch.utils.data.DataLoader:
     """An endless DataLoader of this rank's micro-batches (dicts of stacked tensors).
     `collate(samples, rng)` is the objective's collator; `split` (0 train, 1 valid, 2 test)
     keys its random streams apart."""
     sampler = PretrainingBatchSampler(len(samples), consumed_samples, micro_batch_size,
                                       data_parallel_rank, data_parallel_size)
+    # A generator of its own: every iterator draws its workers' base seed from it, and drawing
+    # from the global one would shift dropout after a resume (one iterator more or less).
     return torch.utils.data.DataLoader(
         CollatedMicroBatches(samples, collate, seed, split), sampler=sampler, batch_size=None,
-        num_workers=num_workers, pin_memory=torch.cuda.is_available())
+        num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(seed))

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
+from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import sentencepiece as spm
+
+from ..atomic_write import write_atomically
 
 SPECIAL_TOKENS = (
     "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
@@ -175,56 +177,73 @@ class GLMTokenizer:
         return "".join(parts)
 
 
-# Longer paragraphs are fed line by line: SentencePiece skips sentences over its length limit.
-_MAX_SENTENCE_CHARS = 4096
+# SentencePiece skips sentences longer than this many bytes (its max_sentence_length); longer
+# paragraphs are fed line by line.
+MAX_SENTENCE_BYTES = 16384
 
 
-def _sentences(documents: Iterable[Union[str, os.PathLike]]) -> Iterator[str]:
-    """Paragraphs, newlines inside them kept, so '\\n' becomes a piece of its own."""
+class SentenceLengthError(ValueError):
+    """Every text piece was longer than SentencePiece's sentence limit (it skips such pieces)."""
+
+
+def _sentences(documents: Iterable[Union[str, os.PathLike]], max_bytes: int,
+               counts: Counter) -> Iterator[str]:
+    """Paragraphs, newlines inside them kept, so '\\n' becomes a piece of its own; a paragraph
+    that may exceed `max_bytes` is split at its lines. Pieces still longer are left out (and
+    counted): SentencePiece would skip them anyway."""
     for doc in documents:
         text = Path(doc).read_text(encoding="utf-8") if isinstance(doc, os.PathLike) else doc
         for paragraph in text.split("\n\n"):
-            pieces = [paragraph] if len(paragraph) <= _MAX_SENTENCE_CHARS else \
-                paragraph.split("\n")
-            yield from (p for p in pieces if p.strip())
+            # At most 4 bytes per character in UTF-8.
+            pieces = [paragraph] if len(paragraph) <= max_bytes // 4 else paragraph.split("\n")
+            for piece in pieces:
+                if not piece.strip():
+                    continue
+                if len(piece.encode("utf-8")) > max_bytes:
+                    counts["too long"] += 1
+                    continue
+                counts["kept"] += 1
+                yield piece
 
 
 def train_sentencepiece(documents: Iterable[Union[str, os.PathLike]], vocab_size: int,
                         model_prefix: str, *, model_type: str = "unigram", seed: int = 1234,
-                        num_threads: int = 2, max_sentences: int = 2_000_000) -> str:
+                        num_threads: int = 2, max_sentences: int = 2_000_000,
+                        max_sentence_length: int = MAX_SENTENCE_BYTES,
+                        counts: Optional[Counter] = None) -> str:
     """Train a SentencePiece model and write PREFIX.model atomically; returns its path.
 
     `documents` are texts (str) or text files (pathlib.Path / os.PathLike). The model keeps text
     as is (identity normalisation, whitespace runs kept, so detokenize(tokenize(t)) == t), falls
     back to UTF-8 bytes for unseen characters, has unk (id 0) and eos `</s>` (id 1) and no bos.
-    With a fixed seed and input the model is the same byte for byte.
+    With a fixed seed and input the model is the same byte for byte. `counts` (if given)
+    receives how many text pieces were kept and how many were longer than
+    `max_sentence_length` bytes and left out; SentenceLengthError when none was kept.
     """
+    counts = Counter() if counts is None else counts
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=_sentences(documents), model_writer=model, vocab_size=vocab_size,
-        model_type=model_type, byte_fallback=True, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1,
-        normalization_rule_name="identity", remove_extra_whitespaces=False,
-        allow_whitespace_only_pieces=True, split_digits=True, character_coverage=0.9999,
-        max_sentence_length=4 * _MAX_SENTENCE_CHARS, input_sentence_size=max_sentences,
-        shuffle_input_sentence=True, num_threads=num_threads, minloglevel=2)
+    try:
+        _train(_sentences(documents, max_sentence_length, counts), model, vocab_size,
+               model_type, num_threads, max_sentences, max_sentence_length)
+    except RuntimeError:
+        if counts["too long"] and not counts["kept"]:
+            raise SentenceLengthError(
+                f"all {counts['too long']} text pieces are longer than the sentence limit of "
+                f"{max_sentence_length} bytes, and SentencePiece skips such pieces") from None
+        raise
     path = f"{model_prefix}.model"
-    _write_atomically(path, model.getvalue())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, model.getvalue())
     return path
 
 
-def _write_atomically(path: str, data: bytes):
-    """Write to a fresh name beside `path`, then rename: readers see the old file or the whole
-    new one, and a killed process leaves no half-written model under the real name."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _train(sentences: Iterator[str], model: io.BytesIO, vocab_size: int, model_type: str,
+           num_threads: int, max_sentences: int, max_sentence_length: int):
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=sentences, model_writer=model, vocab_size=vocab_size,
+        model_type=model_type, byte_fallback=True, unk_id=0, eos_id=1, bos_id=-1, pad_id=-1,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True, split_digits=True, character_coverage=0.9999,
+        max_sentence_length=max_sentence_length, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, num_threads=num_threads, minloglevel=2)

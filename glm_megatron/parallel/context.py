@@ -127,7 +127,8 @@ def initialize_distributed(tensor: int = 1, pipeline: int = 1, device_name: str 
         _init_process_group(device, timeout_minutes)
     mpu.initialize_model_parallel(tensor_model_parallel_size=tensor,
                                   pipeline_model_parallel_size=pipeline,
-                                  create_gloo_process_groups=device.type == "cuda")
+                                  create_gloo_process_groups=device.type == "cuda",
+                                  distributed_timeout_minutes=timeout_minutes)
     return ParallelContext(
         device=device, rank=dist.get_rank(), world_size=dist.get_world_size(),
         tp_rank=mpu.get_tensor_model_parallel_rank(), tp_size=layout.tensor,
@@ -141,14 +142,17 @@ def initialize_distributed(tensor: int = 1, pipeline: int = 1, device_name: str 
         embedding_group=mpu.get_embedding_group(check_initialized=False) if pipeline > 1 else None)
 
 
-def shutdown():
-    """Tear groups down in order; gloo aborts noisily at exit otherwise."""
+def shutdown(barrier: bool = True):
+    """Tear groups down in order; gloo aborts noisily at exit otherwise. `barrier=False` when
+    the ranks may not all get here (a collective failed): the barrier would wait out the
+    timeout a second time."""
     from megatron.core import parallel_state as mpu
 
     if mpu.model_parallel_is_initialized():
         mpu.destroy_model_parallel()
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

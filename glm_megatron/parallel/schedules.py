@@ -11,7 +11,8 @@ scalar loss and a dict of tensors to report. Gradients are those of the mean of 
 micro-batch losses (times the loss scale), accumulated by the hooks of GradientBuffer.
 
 Pipelining uses torch.distributed.pipelining's 1F1B and interleaved 1F1B schedules, which run
-on CPU/gloo and GPU/NCCL alike (megatron-core's schedules are CUDA-only). Every rank reads the
+on CPU/gloo and GPU/NCCL alike; with fewer micro-batches than stages, where 1F1B has no steady
+state (torch's refuses it), its fill-drain (GPipe) schedule, as Megatron-LM runs that case (megatron-core's schedules are CUDA-only). Every rank reads the
 same micro-batches, so every stage gets what GLM needs per micro-batch (2D position ids, sep)
 as keyword inputs; only hidden states travel between stages.
 """
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleInterleaved1F1B
+from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
+                                         ScheduleInterleaved1F1B)
 
 from .context import ParallelContext, all_reduce
 from .layer_split import stage_indices
@@ -130,8 +132,9 @@ class PipelineParallel(ForwardBackward):
         # Gradients are averaged in schedule_loss; the schedules' own grad scaling would act on
         # `.grad`, which GradientBuffer has already moved into main_grad.
         if virtual == 1:
-            self.schedule = Schedule1F1B(self.pipeline_stages[0], self.num_microbatches,
-                                         loss_fn=schedule_loss, scale_grads=False)
+            kind = Schedule1F1B if self.num_microbatches >= ctx.pp_size else ScheduleGPipe
+            self.schedule = kind(self.pipeline_stages[0], self.num_microbatches,
+                                 loss_fn=schedule_loss, scale_grads=False)
         else:
             self.schedule = ScheduleInterleaved1F1B(self.pipeline_stages, self.num_microbatches,
                                                     loss_fn=schedule_loss, scale_grads=False)

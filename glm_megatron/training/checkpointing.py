@@ -1,66 +1,38 @@
-"""Checkpoints in Megatron-LM's directory layout, written atomically.
+"""Saving and loading training checkpoints (the format: glm_megatron/checkpoint_format.py).
 
-    SAVE/latest_checkpointed_iteration.txt      tracker: the newest complete iteration
-    SAVE/iter_0000100/metadata.json             iteration, consumed samples, layout, config, args
-    SAVE/iter_0000100/mp_rank_TT[_PPP]/model_optim_rng.pt
-        model: this rank's shards; partition: {name: [dim, stride]} (how shards form full
-        tensors); opt_param_scheduler
-    SAVE/iter_0000100/mp_rank_TT[_PPP]/optimizer_dpDDD.pt
-        optimizer state per parameter name as element ranges: one file (DP rank 0) without
-        the distributed optimizer, one per DP rank with it; loads at any DP size
-    SAVE/iter_0000100/rng/rank_RRRRR.pt         each rank's RNG states
+Saves are atomic and durable: every rank writes its files into a hidden staging directory
+and fsyncs them; once all have finished, rank 0 writes the metadata, fsyncs the directories,
+renames the staging directory into place and only then moves the tracker (a temporary file
+renamed over it). A crash at any moment leaves the tracker pointing at a complete checkpoint.
+A model or optimizer holding non-finite values is never written.
 
-Everything is written into a hidden temporary directory that is renamed into place only once
-every rank has finished, and the tracker is replaced by rename: a crash at any moment leaves
-the previous checkpoint loadable and the tracker pointing at a complete one.
+Loading verifies every file a rank reads (zip checksums) before unpickling it. What one rank
+finds wrong (a damaged file, a full disk) stops every rank with the same one-line error, which
+names the file and the newest complete earlier iteration to fall back to.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
 import shutil
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
+from ..atomic_write import fsync_dir, write_atomically
+from ..checkpoint_format import (METADATA, MODEL_FILE, REPLACED_SUFFIX, TRACKER,  # noqa: F401
+                                 CheckpointError, CheckpointMetadata, Contents, Layout,
+                                 fallback_hint, file_damage, find_checkpoint, iteration_dir,
+                                 optimizer_file_name, rank_dir_name, rng_file_name, staging_dir)
 from ..parallel import random as prandom
-from ..parallel.context import ParallelContext
+from ..parallel.agreement import raised_together
+from ..parallel.context import ParallelContext, all_reduce
 from ..parallel.param_roles import role_of
-from .metrics import print_line
-
-TRACKER = "latest_checkpointed_iteration.txt"
-METADATA = "metadata.json"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be used; the message says what to do."""
-
-
-def iteration_dir(root: str, iteration: int) -> str:
-    return os.path.join(root, f"iter_{iteration:07d}")
-
-
-def _rank_dir(tp_rank: int, pp_rank: int, pp_size: int) -> str:
-    return f"mp_rank_{tp_rank:02d}" + (f"_{pp_rank:03d}" if pp_size > 1 else "")
-
-
-def _write(obj, path: str):
-    torch.save(obj, path)
-
-
-def _replace_file(path: str, text: str):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
+from .divergence import TrainingDiverged
 
 @dataclass
 class TrainingState:
@@ -68,86 +40,133 @@ class TrainingState:
     consumed_samples: int = 0
 
 
+def _os_error(path: str, error: OSError) -> CheckpointError:
+    return CheckpointError(f"cannot write {path}: {(error.strerror or str(error)).lower()}; "
+                           "free space or point --save elsewhere (earlier checkpoints are "
+                           "intact)")
+
+
+def _write(obj, path: str):
+    """torch.save through a Python file, fsynced. A full disk fails a write with an OSError
+    naming its cause, which torch's zip writer may bury under its own 'unexpected pos'
+    RuntimeError when it closes the archive: the OSError is what is reported."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as error:
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise _os_error(path, cause) from None
+
+
+def _replace_file(path: str, text: str):
+    try:
+        write_atomically(path, text.encode(), tmp=f"{path}.tmp.{os.getpid()}")
+    except OSError as error:
+        raise _os_error(path, error) from None
+
+
+@torch.no_grad()
+def _all_finite(model, optimizer, ctx: ParallelContext) -> bool:
+    """Whether every rank's weights (and fp32 masters) are finite."""
+    tensors = list(model.parameters()) + (optimizer.masters() if optimizer is not None else [])
+    bad = torch.tensor([float(any(not torch.isfinite(t).all() for t in tensors))],
+                       device=ctx.device)
+    all_reduce(bad, ctx.model_parallel_group, op=dist.ReduceOp.MAX)
+    all_reduce(bad, ctx.dp_group, op=dist.ReduceOp.MAX)
+    return not bad.item()
+
+
 def save_checkpoint(root: str, state: TrainingState, model, optimizer, scheduler, config,
-                    args_dict: dict, ctx: ParallelContext):
-    rank = ctx.rank
-    final = iteration_dir(root, state.iteration)
-    staging = os.path.join(root, f".staging_iter_{state.iteration:07d}")
-    if rank == 0:
+                    ctx: ParallelContext, *, layout: Optional[Layout] = None, **records):
+    """Write iteration `state.iteration`. `records`: the remaining CheckpointMetadata fields
+    (tokenizer, data, schedule, precision). A model or optimizer holding non-finite values is
+    never written (TrainingDiverged); a failed write (CheckpointError) leaves the previous
+    checkpoint current."""
+    if not _all_finite(model, optimizer, ctx):
+        raise TrainingDiverged(f"iteration {state.iteration}: the weights hold non-finite "
+                               f"values (training diverged), so nothing was saved to {root}")
+    layout = layout or Layout(ctx.tp_size, ctx.pp_size, ctx.dp_size)
+    distributed = optimizer is not None and optimizer.distributed
+    metadata = CheckpointMetadata(
+        state.iteration, state.consumed_samples, config.to_dict(),
+        layout=dataclasses.replace(layout, distributed_optimizer=distributed),
+        contents=Contents(optimizer=optimizer is not None, rng=True), **records)
+    staging = staging_dir(root, state.iteration)
+    rank_dir = os.path.join(staging, rank_dir_name(ctx.tp_rank, ctx.pp_rank, ctx.pp_size))
+    try:
+        with raised_together(ctx, (CheckpointError,)):
+            if ctx.is_rank_zero:
+                _prepare(root, staging, layout)
+        with raised_together(ctx, (CheckpointError,)):
+            if ctx.dp_rank == 0:
+                _write({"model": model.state_dict(),
+                        "partition": {n: role_of(p).partition for n, p in model.named_parameters()},
+                        "opt_param_scheduler": scheduler.state_dict() if scheduler else None},
+                       os.path.join(rank_dir, MODEL_FILE))
+            if optimizer is not None and (ctx.dp_rank == 0 or distributed):
+                _write(optimizer.state_dict(),
+                       os.path.join(rank_dir, optimizer_file_name(ctx.dp_rank)))
+            _write(prandom.rng_state_dict(ctx), os.path.join(staging, rng_file_name(ctx.rank)))
+            fsync_dir(rank_dir)
+        with raised_together(ctx, (CheckpointError,)):
+            if ctx.is_rank_zero:
+                _publish(root, staging, metadata)
+    except CheckpointError:
+        if ctx.is_rank_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _prepare(root: str, staging: str, layout: Layout):
+    try:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(os.path.join(staging, "rng"))
-    dist.barrier()
+        os.makedirs(os.path.join(staging, os.path.dirname(rng_file_name(0))))
+        for pp_rank in range(layout.pipeline):
+            for tp_rank in range(layout.tensor):
+                os.makedirs(os.path.join(staging, rank_dir_name(tp_rank, pp_rank,
+                                                                layout.pipeline)))
+    except OSError as error:
+        raise _os_error(staging, error) from None
 
-    dp_rank = ctx.dp_rank
-    rank_dir = os.path.join(staging, _rank_dir(ctx.tp_rank, ctx.pp_rank, ctx.pp_size))
-    if dp_rank == 0:
-        os.makedirs(rank_dir, exist_ok=True)
-        _write({
-            "model": model.state_dict(),
-            "partition": {n: role_of(p).partition for n, p in model.named_parameters()},
-            "opt_param_scheduler": scheduler.state_dict() if scheduler is not None else None,
-        }, os.path.join(rank_dir, "model_optim_rng.pt"))
-    dist.barrier()
-    if optimizer is not None and (dp_rank == 0 or optimizer.distributed):
-        _write(optimizer.state_dict(), os.path.join(rank_dir, f"optimizer_dp{dp_rank:03d}.pt"))
-    _write(prandom.rng_state_dict(ctx), os.path.join(staging, "rng", f"rank_{rank:05d}.pt"))
-    dist.barrier()
 
-    if rank == 0:
-        metadata = {
-            "format_version": FORMAT_VERSION,
-            "iteration": state.iteration,
-            "consumed_samples": state.consumed_samples,
-            "layout": {"tensor": ctx.tp_size, "pipeline": ctx.pp_size, "data": ctx.dp_size},
-            "config": config.to_dict(),
-            "args": args_dict,
-        }
-        _replace_file(os.path.join(staging, METADATA), json.dumps(metadata, indent=2))
-        if os.path.exists(final):  # re-saving an iteration: keep the old copy until replaced
-            displaced = final + ".replaced"
+def _publish(root: str, staging: str, metadata: CheckpointMetadata):
+    """Metadata, directory fsyncs, rename into place, then the tracker."""
+    _replace_file(os.path.join(staging, METADATA), metadata.to_json())
+    fsync_dir(os.path.join(staging, os.path.dirname(rng_file_name(0))))
+    fsync_dir(staging)
+    final = iteration_dir(root, metadata.iteration)
+    try:
+        if os.path.exists(final):  # saving an iteration again: keep the old copy until replaced
+            displaced = final + REPLACED_SUFFIX
             shutil.rmtree(displaced, ignore_errors=True)
             os.rename(final, displaced)
             os.rename(staging, final)
             shutil.rmtree(displaced)
         else:
             os.rename(staging, final)
-        _replace_file(os.path.join(root, TRACKER), str(state.iteration))
-    dist.barrier()
+    except OSError as error:
+        raise _os_error(final, error) from None
+    fsync_dir(root)
+    _replace_file(os.path.join(root, TRACKER), str(metadata.iteration))
 
 
-def latest_iteration(root: str) -> Optional[int]:
-    """The tracker's iteration, or None when `root` holds no checkpoint."""
-    tracker = os.path.join(root, TRACKER)
-    if not os.path.isfile(tracker):
+def read_metadata(root: str, iteration: Optional[int] = None) -> Optional[CheckpointMetadata]:
+    """The metadata `load_checkpoint` would load (`iteration`, or the tracker's), None when
+    `root` holds no checkpoint; CheckpointError when what it names is missing or damaged."""
+    if iteration is None and not os.path.isfile(os.path.join(root, TRACKER)):
         return None
-    text = open(tracker).read().strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{tracker} is not an iteration number; fix or delete it")
-    return int(text)
-
-
-def _resolve_dir(root: str, iteration: int) -> str:
-    path = iteration_dir(root, iteration)
-    if not os.path.isdir(path) and os.path.isdir(path + ".replaced"):
-        return path + ".replaced"  # a crash interrupted a re-save of this same iteration
-    if not os.path.isfile(os.path.join(path, METADATA)):
-        raise CheckpointError(f"--load {root}: {path} is missing or incomplete; point the "
-                              f"tracker {TRACKER} at a complete iteration")
-    return path
-
-
-def read_metadata(root: str) -> Optional[dict]:
-    iteration = latest_iteration(root)
-    if iteration is None:
-        return None
-    with open(os.path.join(_resolve_dir(root, iteration), METADATA)) as f:
-        return json.load(f)
+    return find_checkpoint(root, iteration)[1]
 
 
 def _load_scheduler(root: str, scheduler, saved: dict):
     """megatron-core asserts when a schedule value differs from the checkpoint's (unless told
-    which to use): turn that into Megatron-LM's choice of flags, in one line."""
+    which to use); resume checks name such flags first, so this is what they cannot see
+    (values a format-1 checkpoint did not record)."""
     try:
         scheduler.load_state_dict(saved)
     except AssertionError as error:
@@ -161,43 +180,84 @@ def _load_scheduler(root: str, scheduler, saved: dict):
             "flags' schedule, or --use-checkpoint-opt_param-scheduler to keep its own") from None
 
 
+class _RankFiles:
+    """This rank's files of one saved iteration, checked (zip checksums) and loaded; a problem
+    is a CheckpointError naming the file, the fallback iteration and `remedy`."""
+
+    def __init__(self, root: str, iter_dir: str, iteration: int):
+        self.root, self.iter_dir, self.iteration = root, iter_dir, iteration
+
+    def load(self, name: str, remedy: str = ""):
+        path = os.path.join(self.iter_dir, name)
+        problem = file_damage(path, deep=True)
+        if problem is None:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as error:  # whole as a zip, but not what torch.save wrote
+                problem = f"unreadable ({type(error).__name__}: {error})"
+        raise CheckpointError(f"--load {self.root}: {path} is {problem}; "
+                              f"{fallback_hint(self.root, self.iteration)}{remedy}")
+
+
 def load_checkpoint(root: str, model, optimizer, scheduler, ctx: ParallelContext, *,
-                    load_optim: bool = True, load_rng: bool = True,
-                    finetune: bool = False) -> TrainingState:
-    metadata = read_metadata(root)
-    path = _resolve_dir(root, metadata["iteration"])
-    layout = metadata["layout"]
+                    iteration: Optional[int] = None, load_optim: bool = True,
+                    load_rng: bool = True, finetune: bool = False,
+                    log: Callable[[str], None] = lambda _text: None) -> TrainingState:
+    """Load `iteration` (default: the tracker's) into this rank's model, optimizer, schedule
+    and random generators; what cannot be restored is an error, or said through `log`."""
+    iter_dir, metadata = find_checkpoint(root, iteration)
+    layout = metadata.layout
     here = (ctx.tp_size, ctx.pp_size)
-    if (layout["tensor"], layout["pipeline"]) != here:
+    if (layout.tensor, layout.pipeline) != here:
         raise CheckpointError(
-            f"--load {root} was saved at TP={layout['tensor']} x PP={layout['pipeline']} but "
+            f"--load {root} was saved at TP={layout.tensor} x PP={layout.pipeline} but "
             f"this run is TP={here[0]} x PP={here[1]}; launch with the saved layout or reshard "
             f"it first: python tools/checkpoint/reshard.py --load-dir {root} --save-dir NEW "
             f"--target-tensor-parallel-size {here[0]} --target-pipeline-parallel-size {here[1]}")
-    rank_dir = os.path.join(path, _rank_dir(ctx.tp_rank, ctx.pp_rank, ctx.pp_size))
-    shard = torch.load(os.path.join(rank_dir, "model_optim_rng.pt"), map_location="cpu",
-                       weights_only=False)
+    load_optim = load_optim and optimizer is not None and not finetune
+    if load_optim and not metadata.contents.optimizer:
+        raise CheckpointError(f"--load {root} holds weights only (no optimizer state: an "
+                              "imported, or resharded with --no-optimizer, checkpoint); add "
+                              "--finetune or --no-load-optim")
+    load_rng = load_rng and not finetune and _rng_restorable(metadata, ctx, log)
+    files = _RankFiles(root, iter_dir, metadata.iteration)
+    rank_dir = rank_dir_name(ctx.tp_rank, ctx.pp_rank, ctx.pp_size)
+    with raised_together(ctx, (CheckpointError,)):
+        shard = files.load(os.path.join(rank_dir, MODEL_FILE))
+        optimizer_states = [
+            files.load(os.path.join(rank_dir, optimizer_file_name(d)),
+                       ", or pass --no-load-optim to continue with a fresh optimizer")
+            for d in range(layout.optimizer_files)] if load_optim else []
+        rng_state = files.load(rng_file_name(ctx.rank), ", or pass --no-load-rng to continue "
+                               "with fresh random states (no longer bit-exact)") \
+            if load_rng else None
     model.load_state_dict(shard["model"])
     if finetune:
         return TrainingState()
-    files = sorted(f for f in os.listdir(rank_dir) if f.startswith("optimizer_dp"))
-    if load_optim and optimizer is not None and not files:
-        raise CheckpointError(f"--load {root} holds weights only (no optimizer state: an imported "
-                              "or --no-optimizer checkpoint); add --finetune or --no-load-optim")
-    if load_optim and optimizer is not None:
-        # Saved from any device (a GPU run's state is CUDA tensors); copied to ours on load.
-        optimizer.load_state_dict([torch.load(os.path.join(rank_dir, f), map_location="cpu",
-                                              weights_only=False) for f in files])
+    if load_optim:
+        optimizer.load_state_dict(optimizer_states)
     if scheduler is not None and shard["opt_param_scheduler"] is not None:
         _load_scheduler(root, scheduler, shard["opt_param_scheduler"])
-    rng_file = os.path.join(path, "rng", f"rank_{ctx.rank:05d}.pt")
-    if load_rng and os.path.isfile(rng_file):
-        rng = torch.load(rng_file, map_location="cpu", weights_only=False)
+    if rng_state is not None:
         # The tensor-parallel generator's state is the saving device's kind (a CUDA state
         # holds a CUDA generator's): it restores only on that kind of device.
-        if (rng["device"] is not None) == (ctx.device.type == "cuda"):
-            prandom.load_rng_state_dict(ctx, rng)
-        elif ctx.is_rank_zero:
-            print_line(f"--load {root}: RNG states were saved on another kind of device and "
-                       "are not restored; the run continues from --seed's generators")
-    return TrainingState(metadata["iteration"], metadata["consumed_samples"])
+        if (rng_state["device"] is not None) == (ctx.device.type == "cuda"):
+            prandom.load_rng_state_dict(ctx, rng_state)
+        else:
+            log("note: random states were saved on another kind of device and are not "
+                "restored; the run continues from --seed's generators")
+    return TrainingState(metadata.iteration, metadata.consumed_samples)
+
+
+def _rng_restorable(metadata: CheckpointMetadata, ctx: ParallelContext,
+                    log: Callable[[str], None]) -> bool:
+    if not metadata.contents.rng:
+        log("note: the checkpoint holds no random states (imported or resharded): dropout "
+            "masks differ from those of a run that never stopped")
+        return False
+    if metadata.world_size != ctx.world_size:
+        log(f"note: random states are per rank and the checkpoint has {metadata.world_size} "
+            f"ranks, this run {ctx.world_size}: starting from fresh random states")
+        return False
+    return True
+

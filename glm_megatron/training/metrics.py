@@ -95,7 +95,8 @@ class TrainingLogger:
 
 
 def _ppl(loss: float) -> float:
-    return math.exp(min(20.0, loss))
+    # Megatron-LM caps the exponent at 20; min() would turn a nan loss into that cap.
+    return math.nan if math.isnan(loss) else math.exp(min(20.0, loss))
 
 
 def print_line(text: str, stream=None):

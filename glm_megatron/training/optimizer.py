@@ -28,15 +28,30 @@ from .grads import GradientBuffer
 
 class DynamicLossScaler:
     """fp16 loss scale: halve on overflow (after `hysteresis` overflows), double after `window`
-    clean steps, never below `min_scale` (Megatron-LM's DynamicGradScaler)."""
+    clean steps, never below `min_scale` (Megatron-LM's DynamicGradScaler); `dynamic=False`
+    keeps the initial scale (--loss-scale).
+
+    An overflow is the search's business while the scale can still come down. Overflows at the
+    floor (the scale at `min_scale`, or a static scale) are counted: `hysteresis` of them in a
+    row mean the gradients are not finite at any scale this run allows (`search_exhausted`)."""
 
     def __init__(self, initial: float, min_scale: float, window: int, hysteresis: int,
                  dynamic: bool = True):
         self.scale, self.min_scale, self.window = initial, min_scale, window
         self.hysteresis, self.dynamic = hysteresis, dynamic
         self._tracker, self._clean_steps = hysteresis, 0
+        self.overflows_at_floor = 0
+
+    @property
+    def at_floor(self) -> bool:
+        return not self.dynamic or self.scale <= self.min_scale
+
+    @property
+    def search_exhausted(self) -> bool:
+        return self.overflows_at_floor >= self.hysteresis
 
     def update(self, found_inf: bool):
+        self.overflows_at_floor = self.overflows_at_floor + 1 if found_inf and self.at_floor else 0
         if not self.dynamic:
             return
         if found_inf:
@@ -51,10 +66,12 @@ class DynamicLossScaler:
                 self.scale *= 2.0
 
     def state_dict(self):
-        return {"scale": self.scale, "tracker": self._tracker, "clean_steps": self._clean_steps}
+        return {"scale": self.scale, "tracker": self._tracker, "clean_steps": self._clean_steps,
+                "overflows_at_floor": self.overflows_at_floor}
 
     def load_state_dict(self, sd):
         self.scale, self._tracker, self._clean_steps = sd["scale"], sd["tracker"], sd["clean_steps"]
+        self.overflows_at_floor = sd.get("overflows_at_floor", 0)  # absent before it existed
 
 
 def counts_for_norm(param: torch.Tensor, tp_rank: int) -> bool:
@@ -193,6 +210,10 @@ class MixedPrecisionAdamW:
             for p in bucket.params:
                 begin = self.grads.offsets[p] - bucket.start
                 p.copy_(full[begin:begin + p.numel()].view_as(p))
+
+    def masters(self) -> list[torch.Tensor]:
+        """This rank's fp32 master weights (an fp32 model's own parameters)."""
+        return [s.master for s in self.segments]
 
     # Checkpointing: per-parameter-name ranges, independent of DP size and optimizer kind.
     def state_dict(self) -> dict:

@@ -1,12 +1,16 @@
 """The pretraining job, top to bottom: layout, tokenizer, config, data, model, optimizer, loop.
 
-Every check that can fail on user input runs before anything is written to --save or
---tensorboard-dir, so a bad flag never leaves a half-made run directory behind.
+Every check that can fail on user input runs before the first iteration and before anything is
+written to --save or --tensorboard-dir (--save is only created to hold the run's lock, and
+removed again when the run stops before saving), so a bad flag never leaves a half-made run
+directory behind. The loop stops early, on every rank together, when training diverges or an
+exit condition (signal, time limit) is met.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import time
@@ -17,9 +21,12 @@ import torch.distributed as dist
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .. import arguments
+from ..checkpoint_format import CheckpointMetadata, Layout
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
-from ..data.datasets import build_datasets
+from ..data.datasets import DataError, build_datasets, split_weights
+from ..data.inputs import InputError
+from ..data.preprocess import load_tokenizer
 from ..data.sampler import build_data_loader
 from ..data.tokenizer import GLMTokenizer, padded_vocab_size
 from ..model.builder import build_model_chunks
@@ -27,13 +34,17 @@ from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
 from ..objectives import (BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
+from ..parallel.agreement import raised_together
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
-from . import checkpointing
+from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
+from .divergence import TrainingDiverged, divergence
+from .exit_conditions import ExitConditions, ignore_exit_signals
 from .losses import language_model_loss
 from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
 from .optimizer import DynamicLossScaler
+from .resume_checks import check_resume
 from .trainer import Trainer
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -58,19 +69,23 @@ def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
     if args.data_path is None or args.tokenizer_model is None:
         builtin_prefix, builtin_tokenizer = ensure_builtin_data()
     data_path = args.data_path if args.data_path is not None else [builtin_prefix]
-    tokenizer_path = args.tokenizer_model or builtin_tokenizer
-    if not os.path.isfile(tokenizer_path):
-        raise ConfigError(f"--tokenizer-model {tokenizer_path} does not exist; give the "
-                          "SentencePiece .model the data was preprocessed with")
     try:
-        return data_path, GLMTokenizer(tokenizer_path)
-    except ValueError as error:  # a model GLM's special tokens cannot be appended to
-        raise ConfigError(f"--tokenizer-model {error}") from error
+        return data_path, load_tokenizer(args.tokenizer_model or builtin_tokenizer)
+    except InputError as error:  # missing, not SentencePiece, or unusable for GLM
+        raise ConfigError(str(error)) from None
 
 
-def _vocab_size(args, tokenizer: GLMTokenizer, saved: dict | None) -> int:
+def _check_validation_split(args):
+    """Validation asked for but given no data would silently never run."""
+    if args.eval_interval and args.eval_iters and split_weights(args.split)[1:2] in ([], [0.0]):
+        raise ConfigError(f"--split {args.split} gives the validation split no share, but "
+                          f"--eval-interval {args.eval_interval} asks for validation; give its "
+                          "second weight a share (e.g. 98,2,0) or pass --eval-interval 0")
+
+
+def _vocab_size(args, tokenizer: GLMTokenizer, saved: CheckpointMetadata | None) -> int:
     if saved is not None:
-        vocab = saved["config"]["vocab_size"]
+        vocab = saved.config["vocab_size"]
         source = f"the checkpoint in --load {args.load}"
     elif args.vocab_size is not None:
         vocab, source = args.vocab_size, "--vocab-size"
@@ -123,19 +138,20 @@ def _execution_options(args, length: int) -> ExecutionOptions:
                             args.recompute_method, args.recompute_num_layers)
 
 
-def _saved_checkpoint(args) -> dict | None:
+def _saved_checkpoint(args) -> CheckpointMetadata | None:
     if not args.load:
         return None
-    metadata = checkpointing.read_metadata(args.load) if os.path.isdir(args.load) else None
+    metadata = (checkpointing.read_metadata(args.load, args.ckpt_step)
+                if os.path.isdir(args.load) else None)
     if metadata is None:
         log(f"no checkpoint found in --load {args.load}: starting from scratch")
     return metadata
 
 
-def _check_config_matches(config: GLMConfig, saved: dict | None, args):
+def _check_config_matches(config: GLMConfig, saved: CheckpointMetadata | None, args):
     if saved is None:
         return
-    differing = {k: (v, config.to_dict().get(k)) for k, v in saved["config"].items()
+    differing = {k: (v, config.to_dict().get(k)) for k, v in saved.config.items()
                  if config.to_dict().get(k) != v}
     if differing:
         details = ", ".join(f"{k}: saved {a}, flags {b}" for k, (a, b) in differing.items())
@@ -169,19 +185,32 @@ class Job:
     scheduler: OptimizerParamScheduler
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
+    records: dict  # what checkpoints record beside the weights (CheckpointMetadata fields)
     validation_batches: list | None = None  # made at the first evaluation, reused after
+    last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
+
+    def last_checkpoint_text(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint of this run precedes it"
+        root, iteration = self.last_checkpoint
+        return (f"the last good checkpoint is iteration {iteration} in {os.path.abspath(root)} "
+                f"(--load {root}, e.g. with a lower --lr)")
 
 
-def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
+def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job, TrainingState]:
+    """Everything before the first iteration; `cleanup` gets what must be undone at exit."""
     ctx = initialize_distributed(args.tensor_model_parallel_size,
-                                 args.pipeline_model_parallel_size, args.device)
+                                 args.pipeline_model_parallel_size, args.device,
+                                 timeout_minutes=args.distributed_timeout_minutes)
+    save_directory.check_writable(args.save, "--save")
+    save_directory.check_writable(args.tensorboard_dir, "--tensorboard-dir")
     layout = ctx.layout
     num_microbatches = _num_microbatches(args, ctx)
     seed_all(ctx, args.seed)
+    _check_validation_split(args)
     data_path, tokenizer = _resolve_data(args)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
-    args.tokenizer_model = tokenizer.model_path  # recorded in checkpoints, found by exports
     saved = _saved_checkpoint(args)
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
@@ -191,6 +220,17 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
                           f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
                           f"{layout.pipeline}; adjust --global-batch-size")
+    records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
+                                args.decoder_first_pipeline_num_layers,
+                                args.decoder_last_pipeline_num_layers),
+               "tokenizer": run_records.tokenizer_record(tokenizer),
+               "data": run_records.data_record(args, data_path),
+               "schedule": run_records.schedule_record(args),
+               "precision": run_records.precision(args)}
+    if saved is not None:
+        check_resume(args.load, saved, args, data=records["data"], schedule=records["schedule"],
+                     tokenizer_path=tokenizer.model_path,
+                     tokenizer_sha256=records["tokenizer"].sha256)
     # Every evaluation reads the same first validation samples, so losses are comparable.
     eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
     datasets = build_datasets(
@@ -220,31 +260,54 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         distributed_optimizer=args.use_distributed_optimizer)
     optimizer = trainer.optimizer
     scheduler = _scheduler(args, optimizer)
+    _own_save_directory(args, ctx, cleanup)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
-            args.load, model, optimizer, scheduler, ctx, load_optim=not args.no_load_optim,
-            load_rng=not args.no_load_rng, finetune=args.finetune)
+            args.load, model, optimizer, scheduler, ctx, iteration=args.ckpt_step,
+            load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+            finetune=args.finetune, log=log)
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
-    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator)
+    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records)
+    if saved is not None and not args.finetune:
+        job.last_checkpoint = (args.load, progress.iteration)
     return job, progress
+
+
+def _own_save_directory(args, ctx: ParallelContext, cleanup: contextlib.ExitStack):
+    """Rank 0 locks --save for this run (released at exit) and clears what crashed saves left;
+    a refusal stops every rank."""
+    if not args.save:
+        return
+    with raised_together(ctx, (checkpointing.CheckpointError,)):
+        if ctx.is_rank_zero:
+            lock = save_directory.SaveLock(args.save)
+            note = lock.acquire()
+            cleanup.callback(lock.release)
+            for text in ([note] if note else []) + save_directory.remove_leftovers(args.save):
+                log(text)
 
 
 def _loader(job: Job, split: int, consumed: int):
     return build_data_loader(job.datasets[split], job.collator, consumed,
                              job.args.micro_batch_size, job.ctx.dp_rank, job.ctx.dp_size,
-                             seed=job.args.seed, split=split, num_workers=job.args.num_workers)
+                             seed=job.args.seed, split=split, num_workers=job.args.num_workers,
+                             worker_init_fn=ignore_exit_signals if job.args.exit_signal_handler
+                             else None)
 
 
 def _save(job: Job, progress: TrainingState):
-    if not job.args.save:
+    if not job.args.save or job.last_checkpoint == (job.args.save, progress.iteration):
         return
     checkpointing.save_checkpoint(job.args.save, progress, job.model, job.trainer.optimizer,
-                                  job.scheduler, job.config, vars(job.args), job.ctx)
+                                  job.scheduler, job.config, job.ctx, **job.records)
+    job.last_checkpoint = (job.args.save, progress.iteration)
+    if job.args.keep_last_checkpoints and job.ctx.is_rank_zero:
+        save_directory.prune(job.args.save, job.args.keep_last_checkpoints, log)
     log(f"saved checkpoint at iteration {progress.iteration} to "
         f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
 
@@ -263,7 +326,14 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
         logger.validation(progress.iteration, loss, progress.consumed_samples)
 
 
-def train(job: Job, progress: TrainingState) -> TrainingState:
+def train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
+    try:
+        return _train(job, progress, exits)
+    except TrainingDiverged as error:
+        raise TrainingDiverged(f"{error}; {job.last_checkpoint_text()}") from None
+
+
+def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
     args = job.args
     ctx = job.ctx
     writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
@@ -273,9 +343,11 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
     flops = model_flops_per_iteration(job.config, args.global_batch_size, job.collator.length)
     tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
+    scaler = job.trainer.optimizer.loss_scaler
+    stopping = None
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
-    while progress.iteration < stop_at:
+    while progress.iteration < stop_at and stopping is None:
         started = time.perf_counter()
         output, applied, grad_norm = job.trainer.train_step(batches)
         loss = output.mean_loss(ctx)
@@ -287,19 +359,24 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
         progress.iteration += 1
         progress.consumed_samples += args.global_batch_size
         if ctx.is_rank_zero:
-            scaler = job.trainer.optimizer.loss_scaler
             logger.iteration(
                 progress.iteration, loss=loss, lr=job.trainer.optimizer.param_groups[0]["lr"],
                 grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
                 elapsed=elapsed, consumed_samples=progress.consumed_samples,
                 batch_size=args.global_batch_size, tokens=tokens, flops=flops,
                 world_size=ctx.world_size, device=ctx.device)
+        reason = (divergence(loss, grad_norm, scaler) if args.check_for_nan_in_loss_and_grad
+                  else None)
+        if reason is not None:
+            raise TrainingDiverged(f"iteration {progress.iteration}: {reason}")
         if args.eval_interval and progress.iteration % args.eval_interval == 0:
             _validate(job, logger, progress)
-        if args.save_interval and progress.iteration % args.save_interval == 0 and \
-                progress.iteration < stop_at:
+        if args.save_interval and progress.iteration % args.save_interval == 0:
             _save(job, progress)
-    if args.eval_interval and progress.iteration % args.eval_interval:
+        stopping = exits.reason(ctx)
+    if stopping is not None:
+        log(f"{stopping}: saving iteration {progress.iteration} and exiting")
+    elif args.eval_interval and progress.iteration % args.eval_interval:
         _validate(job, logger, progress)
     _save(job, progress)
     if writer is not None:
@@ -308,11 +385,24 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
     return progress
 
 
-def pretrain(argv=None) -> TrainingState:
-    args = arguments.parse_args(argv)
-    try:
-        job, progress = setup(args)
-        return train(job, progress)
-    finally:
-        shutdown()
+# Raised alike on every rank (agreed where a rank could meet them alone): the ranks leave together.
+RUN_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, TrainingDiverged)
 
+
+def pretrain(argv=None) -> TrainingState:
+    started = time.time()  # --exit-duration-in-mins counts from here, set-up included
+    args = arguments.parse_args(argv)
+    exits = ExitConditions(handle_signals=args.exit_signal_handler,
+                           duration_minutes=args.exit_duration_in_mins, started=started)
+    together = False
+    try:
+        with exits, contextlib.ExitStack() as cleanup:
+            job, progress = setup(args, cleanup)
+            progress = train(job, progress, exits)
+        together = True
+        return progress
+    except RUN_ERRORS:
+        together = True
+        raise
+    finally:
+        shutdown(barrier=together)
