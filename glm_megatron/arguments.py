@@ -62,16 +62,18 @@ def _model_args(parser: argparse.ArgumentParser):
                         "--make-vocab-size-divisible-by x TP")
 
 
-def _training_args(parser: argparse.ArgumentParser):
+def _training_args(parser: argparse.ArgumentParser, pretraining: bool = True):
     g = parser.add_argument_group("training")
-    g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
-                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: [gMASK] + <sop> "
-                        "generation (ChatGLM-6B); blank-infilling: GLM's autoregressive blank "
-                        "infilling")
+    if pretraining:
+        g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
+                       help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: [gMASK] + "
+                            "<sop> generation (ChatGLM-6B); blank-infilling: GLM's "
+                            "autoregressive blank infilling")
     g.add_argument("--seq-length", type=int, default=256)
     g.add_argument("--micro-batch-size", type=int, default=4)
     g.add_argument("--global-batch-size", type=int, default=16)
-    g.add_argument("--train-iters", type=int, default=100)
+    if pretraining:  # finetuning counts --epochs
+        g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master")
     g.add_argument("--fp16", action="store_true",
@@ -140,20 +142,23 @@ def _data_args(parser: argparse.ArgumentParser):
                         "(0: in the training process)")
 
 
-def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
+def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: bool = True):
     g = parser.add_argument_group("checkpointing")
     g.add_argument("--save", help="checkpoint directory")
     g.add_argument("--load", help="resume from this checkpoint directory")
     g.add_argument("--save-interval", type=int, help="default: save only at the end")
     g.add_argument("--no-load-optim", action="store_true")
     g.add_argument("--no-load-rng", action="store_true")
-    g.add_argument("--finetune", action="store_true",
-                   help="load weights only; start at iteration 0 with fresh optimizer and data")
+    if pretraining:  # finetune_glm.py starts from --pretrained-checkpoint instead
+        g.add_argument("--finetune", action="store_true",
+                       help="load weights only; start at iteration 0 with fresh optimizer and "
+                            "data")
     g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")
     g = parser.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--eval-interval", type=int, default=50)
-    g.add_argument("--eval-iters", type=int, default=5)
+    if pretraining:  # finetuning evaluates the whole validation set
+        g.add_argument("--eval-iters", type=int, default=5)
     g.add_argument("--tensorboard-dir")
 
 
@@ -168,17 +173,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+def add_shared_arguments(parser: argparse.ArgumentParser):
+    """The flags finetune_glm.py shares with pretraining: batch and precision, optimizer and
+    learning rate, parallelism, checkpointing and logging."""
+    _training_args(parser, pretraining=False)
+    _optimizer_args(parser)
+    _parallel_args(parser)
+    _checkpoint_and_logging_args(parser, pretraining=False)
+
+
+def check_shared_arguments(args: argparse.Namespace):
+    """Combinations of the shared flags that cannot work."""
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
         raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
                           "are exclusive; pick one")
+
+
+def set_schedule_defaults(args: argparse.Namespace):
+    """Decay over the whole run and warm up for its first 10%, unless the flags say otherwise."""
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_iters is None:
         args.lr_warmup_iters = args.lr_decay_iters // 10
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    check_shared_arguments(args)
+    set_schedule_defaults(args)
     if args.data_path is None:
         args.save = args.save or f"{BUILTIN_RUN_DIR}/checkpoints"
         args.tensorboard_dir = args.tensorboard_dir or f"{BUILTIN_RUN_DIR}/tensorboard"

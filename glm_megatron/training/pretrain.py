@@ -44,7 +44,7 @@ def log(text: str):
         print_line(text)
 
 
-def _num_microbatches(args, ctx: ParallelContext) -> int:
+def microbatches_per_rank(args, ctx: ParallelContext) -> int:
     per_step = args.micro_batch_size * ctx.dp_size
     if args.global_batch_size % per_step:
         raise ConfigError(
@@ -84,7 +84,7 @@ def _vocab_size(args, tokenizer: GLMTokenizer, saved: dict | None) -> int:
     return vocab
 
 
-def _virtual_stages(args, config: GLMConfig) -> int:
+def virtual_stages(args, config: GLMConfig, num_microbatches: int) -> int:
     per_chunk = args.num_layers_per_virtual_pipeline_stage
     if per_chunk is None:
         return 1
@@ -99,6 +99,10 @@ def _virtual_stages(args, config: GLMConfig) -> int:
         raise ConfigError(f"--num-layers {config.num_layers} is not divisible by "
                           f"--pipeline-model-parallel-size {pp} x "
                           f"--num-layers-per-virtual-pipeline-stage {per_chunk}")
+    if num_microbatches % pp:
+        raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
+                          f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
+                          f"{pp}; adjust --global-batch-size")
     return config.num_layers // (pp * per_chunk)
 
 
@@ -143,7 +147,7 @@ def _check_config_matches(config: GLMConfig, saved: dict | None, args):
                           "pass the same --model-preset and architecture flags")
 
 
-def _scheduler(args, optimizer) -> OptimizerParamScheduler:
+def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
         raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-iters")
     if args.lr_warmup_iters >= args.lr_decay_iters:
@@ -157,6 +161,25 @@ def _scheduler(args, optimizer) -> OptimizerParamScheduler:
         wsd_decay_steps=args.lr_wsd_decay_iters, lr_wsd_decay_style=args.lr_wsd_decay_style,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler)
+
+
+def params_dtype(args) -> torch.dtype:
+    return _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
+
+
+def build_trainer(args, model: ModelChunks, ctx: ParallelContext, num_microbatches: int,
+                  loss_fn) -> Trainer:
+    """The optimizer, loss scaling and forward-backward that the optimizer flags describe."""
+    scaler = None
+    if args.fp16:
+        scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
+                                   args.min_loss_scale, args.loss_scale_window, args.hysteresis,
+                                   dynamic=args.loss_scale is None)
+    return Trainer(
+        model, ctx, num_microbatches=num_microbatches, loss_fn=loss_fn, lr=args.lr,
+        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler,
+        distributed_optimizer=args.use_distributed_optimizer)
 
 
 @dataclass
@@ -176,7 +199,7 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     ctx = initialize_distributed(args.tensor_model_parallel_size,
                                  args.pipeline_model_parallel_size, args.device)
     layout = ctx.layout
-    num_microbatches = _num_microbatches(args, ctx)
+    num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
     data_path, tokenizer = _resolve_data(args)
     collator, sentence_end = _collator(args, tokenizer)
@@ -186,11 +209,7 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
     _check_config_matches(config, saved, args)
-    virtual = _virtual_stages(args, config)
-    if virtual > 1 and num_microbatches % layout.pipeline:
-        raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
-                          f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
-                          f"{layout.pipeline}; adjust --global-batch-size")
+    virtual = virtual_stages(args, config, num_microbatches)
     # Every evaluation reads the same first validation samples, so losses are comparable.
     eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
     datasets = build_datasets(
@@ -203,23 +222,14 @@ def setup(args: argparse.Namespace) -> tuple[Job, TrainingState]:
         f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
         f"{config.vocab_size})")
 
-    dtype = _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
+    dtype = params_dtype(args)
     model = build_model_chunks(
         config, ctx, args.seed, params_dtype=dtype, options=options, virtual_stages=virtual,
         first_stage_layers=args.decoder_first_pipeline_num_layers,
         last_stage_layers=args.decoder_last_pipeline_num_layers)
-    scaler = None
-    if args.fp16:
-        scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
-                                   args.min_loss_scale, args.loss_scale_window, args.hysteresis,
-                                   dynamic=args.loss_scale is None)
-    trainer = Trainer(
-        model, ctx, num_microbatches=num_microbatches, loss_fn=language_model_loss, lr=args.lr,
-        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler,
-        distributed_optimizer=args.use_distributed_optimizer)
+    trainer = build_trainer(args, model, ctx, num_microbatches, language_model_loss)
     optimizer = trainer.optimizer
-    scheduler = _scheduler(args, optimizer)
+    scheduler = build_scheduler(args, optimizer)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
