@@ -106,6 +106,10 @@ class SplitEvaluator:
         keep = joined["index"] >= 0  # padding copies out
         order = np.argsort(joined["index"][keep], kind="stable")
         joined = {k: v[keep][order] for k, v in joined.items()}
+        if not np.array_equal(joined["index"], [e.index for e in
+                                                self.data.splits[self.split].examples]):
+            raise RuntimeError(f"internal: the scored examples of {self.split} are not each "
+                               "of its examples once")
         return SplitScores(joined["index"], joined["label"], joined["scores"],
                            joined.get("choice_mask"))
 

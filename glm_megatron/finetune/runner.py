@@ -177,6 +177,10 @@ def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
         num_labels=label_set.num_labels if label_set is not None else None,
         pad_token_id=pretrained.tokenizer.pad)
     loss_fn = loss_function(head, data.problem_type, args.length_penalty)
+    if saved is None:  # before the optimizer copies the weights into its fp32 masters
+        fresh = load_weights(model, pretrained.reader, ctx)
+        log(f"loaded the weights of {pretrained.path} (iteration {pretrained.reader.iteration})"
+            + (f"; new: {', '.join(fresh)}" if fresh else ""))
     job = FinetuneJob(args, ctx, pretrained, data, settings, model, None, {})
     progress = TrainingState()
     if args.epochs:
@@ -193,10 +197,6 @@ def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
             args.load, model, job.trainer.optimizer, job.scheduler, ctx,
             load_optim=not args.no_load_optim, load_rng=not args.no_load_rng)
         log(f"loaded {args.load} at iteration {progress.iteration}")
-    else:
-        fresh = load_weights(model, pretrained.reader, ctx)
-        log(f"loaded the weights of {pretrained.path} (iteration {pretrained.reader.iteration})"
-            + (f"; new: {', '.join(fresh)}" if fresh else ""))
     for split in ("valid", "test"):
         if split in data.splits:
             job.evaluators[split] = SplitEvaluator(data, split, model, job.forward_backward, ctx,

@@ -147,7 +147,9 @@ class PipelineParallel(ForwardBackward):
         outputs = run(target=target, **batch)
         if self.last is None:
             return StepOutput(None, None)
-        reports, self.last.reports = self.last.reports, []
+        # The schedule may first run a micro-batch through the stage to infer shapes; that
+        # forward's report is not one of this step's.
+        reports, self.last.reports = self.last.reports[-self.num_microbatches:], []
         return StepOutput(list(outputs.detach().unbind()), reports)
 
 
