@@ -163,9 +163,11 @@ def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
         cut = f", {encoded.num_truncated} cut to fit (--truncate)" if encoded.num_truncated \
             else ""
         log(f"{split}: {len(encoded.examples)} examples of {encoded.source}{cut}")
+    length = (f"{args.epochs} epochs of {per_epoch} iterations" if args.epochs
+              else "evaluation only (--epochs 0)")
     log(f"layout {ctx.layout} on {ctx.device}; task {args.task}, head {head} "
-        f"({data.scoring}), {args.epochs} epochs of {per_epoch} iterations, {num_microbatches} "
-        f"micro-batches of {args.micro_batch_size} examples per rank per iteration")
+        f"({data.scoring}), {length}, {num_microbatches} micro-batches of "
+        f"{args.micro_batch_size} examples per rank per iteration")
 
     label_set = data.task.label_set
     model = build_finetune_model(
