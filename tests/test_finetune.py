@@ -56,7 +56,9 @@ def choice_file(tmp_path, tokenizer, single_token):
                  ["oak", "a", "salt water", "the red dog barks"], "label": 3},
                 {"context": "Water is [MASK].", "choices": ["wet", "of"], "label": 0},
                 {"context": "It is", "choices": ["here", "there", "everywhere at once"],
-                 "label": 1}]
+                 "label": 1},
+                {"context": "A much longer context, so that its row is the longest, and then "
+                            "[MASK] with short answers", "choices": ["no", "yes"], "label": 1}]
     return write_lines(tmp_path / "choices.jsonl", rows)
 
 
@@ -101,12 +103,21 @@ def test_batched_cloze_scores_equal_one_forward_per_candidate(ctx, tmp_path, tok
     from glm_megatron.training.losses import choice_scores
 
     path = choice_file(tmp_path, tokenizer, single_token)
-    data = prepare_data(data_args(valid_data=path), "cloze", tokenizer, prepend_cls=False)
+    # Rows as short as the data allows, so the longest fills its row: the targets of a long
+    # Part A with short answers then reach past the row's end.
+    probe = prepare_data(data_args(valid_data=path), "cloze", tokenizer, prepend_cls=False)
+    fit = max(len(e.part_a) + 1 + (0 if single_token else max(map(len, e.answers)))
+              for e in probe.splits["valid"].examples)
+    data = prepare_data(data_args(valid_data=path, seq_length=fit), "cloze", tokenizer,
+                        prepend_cls=False)
     assert data.scoring == (SINGLE_TOKEN if single_token else MULTI_TOKEN)
     config = tiny_config(preset, vocab_size=padded_vocab_size(tokenizer.vocab_size))
     model = build_model(config, ctx, seed=5).eval()
     encoded = data.splits["valid"].examples
     batch = data.collate(encoded)
+    if not single_token:
+        positions = batch["target_positions"]
+        assert (positions[:, -1] == positions[:, -2]).any()  # clamped at the row's end
     with torch.no_grad():
         output = model(batch)
         batched = choice_scores(output, batch, length_penalty)
@@ -117,7 +128,8 @@ def test_batched_cloze_scores_equal_one_forward_per_candidate(ctx, tmp_path, tok
     labels = torch.tensor([e.label for e in encoded])
     torch.testing.assert_close(loss.double(), F.cross_entropy(expected, labels),
                                rtol=1e-5, atol=1e-6)
-    assert report["index"].tolist() == [0, 1, 2] and report["label"].tolist() == labels.tolist()
+    assert report["index"].tolist() == list(range(len(encoded)))
+    assert report["label"].tolist() == labels.tolist()
 
 
 def test_single_token_scoring_is_chosen_only_when_every_answer_is_one_token(tmp_path,
@@ -190,8 +202,9 @@ def _full_weights(config, seed):
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def _load_at_tp2_pp2(root, full_path, config_dict):
-    """A spawned rank: load `root` into this rank's TP x PP slice and compare."""
+def _load_at_tp2_pp2(cases):
+    """A spawned rank: load each (checkpoint, full weights, config) into this rank's TP x PP
+    slice and compare."""
     from glm_megatron.config import GLMConfig
     from glm_megatron.convert.checkpoint import CheckpointReader
     from glm_megatron.finetune.pretrained import load_weights
@@ -201,23 +214,24 @@ def _load_at_tp2_pp2(root, full_path, config_dict):
     from glm_megatron.parallel.sharding import shard
     ctx = initialize_distributed(2, 2, "cpu")
     try:
-        model = build_model_chunks(GLMConfig.from_dict(config_dict), ctx, seed=99)
-        assert load_weights(model, CheckpointReader(root), ctx) == []
-        full = torch.load(full_path)
-        for name, param in model.named_parameters():
-            role = role_of(param)
-            expected = full[role.tied_copy_of or name]
-            if role.partition is not None:
-                expected = shard(expected, *role.partition, ctx.tp_rank, ctx.tp_size)
-            assert torch.equal(param.detach(), expected), name
+        for root, full_path, config_dict in cases:
+            model = build_model_chunks(GLMConfig.from_dict(config_dict), ctx, seed=99)
+            assert load_weights(model, CheckpointReader(root), ctx) == []
+            full = torch.load(full_path)
+            for name, param in model.named_parameters():
+                role = role_of(param)
+                expected = full[role.tied_copy_of or name]
+                if role.partition is not None:
+                    expected = shard(expected, *role.partition, ctx.tp_rank, ctx.tp_size)
+                assert torch.equal(param.detach(), expected), name
     finally:
         shutdown()
 
 
 def test_pretrained_weights_load_at_any_layout(tmp_path, ctx):
     """A checkpoint saved at TP=2 x PP=2 loads into one process and one saved by one process
-    into TP=2 x PP=2 (the tied head's copy on the last stage included), each rank reading its
-    slice of the full tensors; a classifier gets the backbone and keeps its fresh score."""
+    into TP=2 x PP=2, each rank reading its slice of the full tensors; a classifier gets the
+    backbone and keeps its fresh score."""
     from glm_testing import tiny_config
     from glm_megatron.convert.checkpoint import CheckpointReader
     from glm_megatron.finetune.pretrained import load_weights
@@ -240,10 +254,16 @@ def test_pretrained_weights_load_at_any_layout(tmp_path, ctx):
     assert torch.equal(classifier.embedding.word_embeddings.weight.detach(),
                        full["embedding.word_embeddings.weight"])
 
-    _write_checkpoint(str(tmp_path / "single"), config, full, tp=1, pp=1)
-    torch.save(full, tmp_path / "full.pt")
-    run_distributed(_load_at_tp2_pp2, 4, str(tmp_path / "single"), str(tmp_path / "full.pt"),
-                    config.to_dict())
+    # Saved by one process, loaded at TP=2 x PP=2: the tied head's copy on the last stage
+    # (GLM) and SwiGLU's [gate; up] and grouped QKV split over TP (ChatGLM3).
+    cases = []
+    for preset, weights in (("glm-tiny", full), ("chatglm3-tiny", None)):
+        cfg = tiny_config(preset)
+        weights = weights if weights is not None else _full_weights(cfg, seed=6)
+        _write_checkpoint(str(tmp_path / preset), cfg, weights, tp=1, pp=1)
+        torch.save(weights, tmp_path / f"{preset}.pt")
+        cases.append((str(tmp_path / preset), str(tmp_path / f"{preset}.pt"), cfg.to_dict()))
+    run_distributed(_load_at_tp2_pp2, 4, cases)
 
 
 def test_classifier_export_fields():

@@ -15,6 +15,7 @@ global batch holds the same examples at every DP size and a resumed run continue
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -77,19 +78,15 @@ def _encode_cloze(task, files: dict, tokenizer, args, prepend_cls: bool) -> tupl
     """Each split's examples for cloze scoring and whether they are single-token."""
     examples = {split: task.cloze_examples(path, split) for split, path in files.items()}
 
-    def encode(single_token: bool) -> dict:
-        encoder = ClozeEncoder(tokenizer, args.seq_length, prepend_cls=prepend_cls,
+    def encode(single_token: bool, seq_length: int) -> dict:
+        encoder = ClozeEncoder(tokenizer, seq_length, prepend_cls=prepend_cls,
                                truncate=args.truncate, single_token=single_token)
         return {split: encoder.encode(items, files[split]) for split, items in examples.items()}
 
-    if args.multi_token is False:  # asked for: a multi-token answer is an error
-        return encode(True), True
-    splits = encode(False)
-    if args.multi_token or not _single_token(splits):
-        return splits, False
-    # Single-token rows are one token shorter: only a cut example encodes differently.
-    cut = any(split.num_truncated for split in splits.values())
-    return (encode(True) if cut else splits), True
+    single = args.multi_token is False  # asked for: a multi-token answer is an error
+    if args.multi_token is None:  # the answers' tokens decide, whatever the rows' lengths
+        single = _single_token(encode(False, sys.maxsize))
+    return encode(single, args.seq_length), single
 
 
 def prepare_data(args, head: str, tokenizer, prepend_cls: bool,
