@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cli import ROOT, run_finetune
+from test_pretrain_cli import _assert_identical as assert_identical
 
 WORDNET = os.path.join(ROOT, "data", "finetune", "wordnet")
 SUPERSENSE = ("--task", "text-classification", "--seq-length", "128")
@@ -47,10 +48,10 @@ def small_data(tmp_path_factory):
             subset(os.path.join(WORDNET, "supersense_valid.jsonl"), 20, folder / "valid.jsonl"))
 
 
-# Digits are single tokens of the built-in tokenizer: single-token cloze scoring.
-DIGITS = [f"--verbalizer={label}={i}" for i, label in
-          enumerate(("animal", "artifact", "food", "location", "person", "plant"))]
-HEADS = {"cloze": ["--head", "cloze"], "single-token": ["--head", "cloze", *DIGITS],
+# Letters after a space are single tokens of the built-in tokenizer: single-token scoring.
+LETTERS = [f"--verbalizer={label}={letter}" for letter, label in
+           zip("abcdef", ("animal", "artifact", "food", "location", "person", "plant"))]
+HEADS = {"cloze": ["--head", "cloze"], "single-token": ["--head", "cloze", *LETTERS],
          "seq-cls": ["--head", "seq-cls"]}
 LAYOUTS = [("cloze", "tp2", ["--tensor-model-parallel-size", "2"]),
            ("cloze", "dp2", []),
@@ -111,30 +112,15 @@ def test_layouts_equal_one_process(pretrained_checkpoint, small_data, one_proces
 
 
 def _checkpoint_files(root, iteration):
+    """Weights, optimizer state and schedule of an iteration, and its metadata but for the
+    flags that name the run's own directories and stop."""
     path = os.path.join(root, f"iter_{iteration:07d}")
-    files = {}
-    for folder, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(folder, name)
-            files[os.path.relpath(full, path)] = (
-                json.load(open(full)) if name.endswith(".json") else
-                torch.load(full, weights_only=False))
+    files = {name: torch.load(os.path.join(path, "mp_rank_00", name), weights_only=False)
+             for name in os.listdir(os.path.join(path, "mp_rank_00"))}
+    files["metadata"] = json.load(open(os.path.join(path, "metadata.json")))
+    for key in ("save", "load", "exit_interval"):
+        del files["metadata"]["args"][key]
     return files
-
-
-def assert_identical(a, b, where=""):
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_resume_mid_epoch_is_bit_exact(pretrained_checkpoint, small_data, tmp_path):

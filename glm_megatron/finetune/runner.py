@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 
 from ..config import ConfigError
@@ -34,7 +32,7 @@ from ..training import checkpointing
 from ..training.checkpointing import CheckpointError, TrainingState
 from ..training.metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard
 from ..training.pretrain import (build_scheduler, build_trainer, log, microbatches_per_rank,
-                                 params_dtype, virtual_stages)
+                                 params_dtype, training_iteration, virtual_stages)
 from ..data.sampler import build_data_loader
 from . import arguments
 from .data import EpochStream, FinetuneData, prepare_data
@@ -284,17 +282,15 @@ def _predict(job: FinetuneJob, logger: TrainingLogger, iteration: int):
         log(f"scoring with the best checkpoint (iteration {best.iteration}) from "
             f"{os.path.abspath(root)}")
         iteration = best.iteration
-    results = {split: _evaluate(job, split, logger, iteration)
-               for split in ("test",) if split in job.evaluators}
+    test = _evaluate(job, "test", logger, iteration) if "test" in job.evaluators else None
     if not job.args.predictions:
         return
-    split = "test" if "test" in job.evaluators else "valid"
-    if split in results:
-        result = results[split]
-    elif job.validated_at == iteration:
-        result = job.validation
+    if "test" in job.evaluators:
+        split, result = "test", test
+    elif job.validated_at == iteration:  # these weights' validation scores
+        split, result = "valid", job.validation
     else:
-        result = job.evaluators[split].run()
+        split, result = "valid", job.evaluators["valid"].run()
     if result is not None:
         write_predictions(job.args.predictions, job.data, result.scores)
         log(f"wrote the predictions for {len(result.scores.index)} examples of "
@@ -315,24 +311,9 @@ def train(job: FinetuneJob, progress: TrainingState):
     if progress.iteration == 0:
         _validate(job, logger, progress)
     while progress.iteration < stop_at:
-        started = time.perf_counter()
-        output, applied, grad_norm = job.trainer.train_step(batches)
-        loss = output.mean_loss(ctx)
-        if applied:
-            job.scheduler.step(1)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        progress.iteration += 1
-        progress.consumed_samples += args.global_batch_size
-        if ctx.is_rank_zero:
-            scaler = job.trainer.optimizer.loss_scaler
-            logger.iteration(
-                progress.iteration, loss=loss, lr=job.trainer.optimizer.param_groups[0]["lr"],
-                grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
-                elapsed=elapsed, consumed_samples=progress.consumed_samples,
-                batch_size=args.global_batch_size, tokens=rows * args.seq_length, flops=flops,
-                world_size=ctx.world_size, device=ctx.device)
+        training_iteration(job.trainer, job.scheduler, batches, logger, progress,
+                           batch_size=args.global_batch_size, tokens=rows * args.seq_length,
+                           flops=flops)
         finished = progress.iteration == args.train_iters
         if progress.iteration % eval_interval == 0 or finished:
             _validate(job, logger, progress)

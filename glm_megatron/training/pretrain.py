@@ -273,6 +273,30 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
         logger.validation(progress.iteration, loss, progress.consumed_samples)
 
 
+def training_iteration(trainer: Trainer, scheduler: OptimizerParamScheduler, batches,
+                       logger: TrainingLogger, progress: TrainingState, *, batch_size: int,
+                       tokens: int, flops: float):
+    """One optimizer step and its bookkeeping: the schedule, the progress and the log line."""
+    ctx = trainer.ctx
+    started = time.perf_counter()
+    output, applied, grad_norm = trainer.train_step(batches)
+    loss = output.mean_loss(ctx)
+    if applied:
+        scheduler.step(1)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    progress.iteration += 1
+    progress.consumed_samples += batch_size
+    if ctx.is_rank_zero:
+        scaler = trainer.optimizer.loss_scaler
+        logger.iteration(
+            progress.iteration, loss=loss, lr=trainer.optimizer.param_groups[0]["lr"],
+            grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
+            elapsed=elapsed, consumed_samples=progress.consumed_samples, batch_size=batch_size,
+            tokens=tokens, flops=flops, world_size=ctx.world_size, device=ctx.device)
+
+
 def train(job: Job, progress: TrainingState) -> TrainingState:
     args = job.args
     ctx = job.ctx
@@ -286,24 +310,8 @@ def train(job: Job, progress: TrainingState) -> TrainingState:
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
     while progress.iteration < stop_at:
-        started = time.perf_counter()
-        output, applied, grad_norm = job.trainer.train_step(batches)
-        loss = output.mean_loss(ctx)
-        if applied:
-            job.scheduler.step(1)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        progress.iteration += 1
-        progress.consumed_samples += args.global_batch_size
-        if ctx.is_rank_zero:
-            scaler = job.trainer.optimizer.loss_scaler
-            logger.iteration(
-                progress.iteration, loss=loss, lr=job.trainer.optimizer.param_groups[0]["lr"],
-                grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
-                elapsed=elapsed, consumed_samples=progress.consumed_samples,
-                batch_size=args.global_batch_size, tokens=tokens, flops=flops,
-                world_size=ctx.world_size, device=ctx.device)
+        training_iteration(job.trainer, job.scheduler, batches, logger, progress,
+                           batch_size=args.global_batch_size, tokens=tokens, flops=flops)
         if args.eval_interval and progress.iteration % args.eval_interval == 0:
             _validate(job, logger, progress)
         if args.save_interval and progress.iteration % args.save_interval == 0 and \
