@@ -60,6 +60,8 @@ LAYOUTS = [("cloze", "tp2", ["--tensor-model-parallel-size", "2"]),
            ("single-token", "pp2", ["--pipeline-model-parallel-size", "2"]),
            ("single-token", "tp2", ["--tensor-model-parallel-size", "2"]),
            ("seq-cls", "tp2", ["--tensor-model-parallel-size", "2"]),
+           ("seq-cls", "tp2-sequence-parallel", ["--tensor-model-parallel-size", "2",
+                                                 "--sequence-parallel"]),
            ("seq-cls", "dp2-distributed-optimizer", ["--use-distributed-optimizer"])]
 
 
@@ -98,7 +100,8 @@ def test_layouts_equal_one_process(pretrained_checkpoint, small_data, one_proces
                                           flags, nproc=2)
     reference, reference_predictions, reference_stdout = one_process(head)
     assert ("single-token" in stdout) == (head == "single-token")
-    assert "layout TP=2" in stdout if layout == "tp2" else "x DP=2" in stdout or "PP=2" in stdout
+    tp, pp = 1 + layout.startswith("tp2"), 1 + (layout == "pp2")
+    assert f"layout TP={tp} x PP={pp} x DP={2 // (tp * pp)}" in stdout
     assert sorted(log["train"]) == list(range(1, 9))
     assert log["train"] == pytest.approx(reference["train"], rel=2e-6)
     assert sorted(log["validation"]) == [0, 4, 8]
