@@ -21,7 +21,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
@@ -214,7 +213,7 @@ def main(argv=None) -> int:
                                                                            batches)},
                              args.warmup, args.steps, "seq-cls")
     rates = {name: median_rate(times, b) for name, (times, _) in timed.items()}
-    rows = [["seq-cls finetuning step", name, f"{rate:.1f}",
+    rows = [["seq-cls finetuning step", name, f"{rate:.3g}",
              f"{rate / rates['transformers']:.2f}x transformers" if name == "ours" else "-"]
             for name, rate in rates.items()]
 
@@ -231,7 +230,7 @@ def main(argv=None) -> int:
     assert all(abs(value - gold[reference]) < 1e-3 * max(1.0, abs(gold[reference]))
                for value in gold.values()), f"the scorers disagree: {gold}"
     cloze = {name: median_rate(times, b) for name, (times, _) in timed.items()}
-    rows += [["cloze scoring", name, f"{rate:.1f}",
+    rows += [["cloze scoring", name, f"{rate:.3g}",
               "-" if name == reference else f"{rate / cloze[reference]:.2f}x per-candidate"]
              for name, rate in cloze.items()]
     print()
