@@ -97,6 +97,13 @@ class SplitEvaluator:
         holds_scores = self.ctx.is_last_stage and self.ctx.tp_rank == 0
         mine = {k: [r[k].cpu().numpy() for r in reports] for k in keys if reports and k in
                 reports[0]} if holds_scores else {}
+        # Every rank learns whether each example was scored once, so all stop together if not.
+        count = torch.tensor([sum(int((a >= 0).sum()) for a in mine.get("index", []))],
+                             device=self.ctx.device)
+        dist.all_reduce(count)
+        if count.item() != self.num_examples:
+            raise RuntimeError(f"internal: {count.item()} scores for the {self.num_examples} "
+                               f"examples of {self.split}")
         gathered = [None] * self.ctx.world_size if self.ctx.is_rank_zero else None
         dist.gather_object(mine, gathered, dst=0)
         if not self.ctx.is_rank_zero:
