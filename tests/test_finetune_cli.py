@@ -350,6 +350,16 @@ def test_classifier_exports_to_transformers(pretrained_checkpoint, tmp_path, pro
         logits = hf(input_ids=batch["tokens"]).logits
     predicted = torch.tensor([p["scores"] for p in read_predictions(tmp_path / "p.jsonl")])
     torch.testing.assert_close(logits, predicted.view_as(logits), rtol=1e-4, atol=1e-5)
+    if problem_type != "single_label_classification":
+        return
+    # The best checkpoint evaluated as it is (--epochs 0, the seq-cls head by default for a
+    # classifier) predicts what the run predicted with it.
+    again = run_finetune([*SUPERSENSE, "--pretrained-checkpoint", str(save / "best"),
+                          "--valid-data", str(data), "--epochs", "0", "--predictions",
+                          str(tmp_path / "again.jsonl")])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "head seq-cls" in again.stdout
+    assert read_predictions(tmp_path / "again.jsonl") == read_predictions(tmp_path / "p.jsonl")
 
 
 def _metadata(root):
