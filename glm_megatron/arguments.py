@@ -70,18 +70,21 @@ def _model_args(parser: argparse.ArgumentParser):
                         "--make-vocab-size-divisible-by x TP")
 
 
-def _training_args(parser: argparse.ArgumentParser):
+def _training_args(parser: argparse.ArgumentParser, pretraining: bool = True):
     g = parser.add_argument_group("training")
-    g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
-                   help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: a bidirectional "
-                        "prefix, [gMASK], then <sop> and the rest generated (GLM's document-level "
-                        "blank with the span always the suffix); blank-infilling: GLM's "
-                        "autoregressive blank infilling (GLM and ChatGLM-6B were pretrained with "
-                        "it; a preset's published recipe sets it)")
+    if pretraining:
+        g.add_argument("--objective", default="causal", choices=objectives.OBJECTIVES,
+                       help="causal: next-token LM (ChatGLM2/3, GLM-4); prefix-lm: a "
+                            "bidirectional prefix, [gMASK], then <sop> and the rest generated "
+                            "(GLM's document-level blank with the span always the suffix); "
+                            "blank-infilling: GLM's autoregressive blank infilling (GLM and "
+                            "ChatGLM-6B were pretrained with it; a preset's published recipe "
+                            "sets it)")
     g.add_argument("--seq-length", type=int, default=256)
     g.add_argument("--micro-batch-size", type=int, default=4)
     g.add_argument("--global-batch-size", type=int, default=16)
-    g.add_argument("--train-iters", type=int, default=100)
+    if pretraining:  # finetuning counts --epochs
+        g.add_argument("--train-iters", type=int, default=100)
     g.add_argument("--seed", type=int, default=1234)
     g.add_argument("--bf16", action="store_true", help="bf16 weights and compute, fp32 master")
     g.add_argument("--fp16", action="store_true",
@@ -161,7 +164,7 @@ def _data_args(parser: argparse.ArgumentParser):
                         "(0: in the training process)")
 
 
-def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
+def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: bool = True):
     g = parser.add_argument_group("checkpointing")
     g.add_argument("--save", help="checkpoint directory")
     g.add_argument("--load", help="resume from this checkpoint directory")
@@ -185,8 +188,10 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
                         "from the checkpoint's (the samples then differ from a non-stop run's)")
     g.add_argument("--override-tokenizer", action="store_true",
                    help="on --load, accept a --tokenizer-model other than the checkpoint's")
-    g.add_argument("--finetune", action="store_true",
-                   help="load weights only; start at iteration 0 with fresh optimizer and data")
+    if pretraining:  # finetune_glm.py starts from --pretrained-checkpoint instead
+        g.add_argument("--finetune", action="store_true",
+                       help="load weights only; start at iteration 0 with fresh optimizer and "
+                            "data")
     g.add_argument("--exit-interval", type=int, help="save and exit after this iteration")
     g.add_argument("--exit-signal-handler", action="store_true",
                    help="on SIGTERM or SIGUSR1 (Slurm's --signal=USR1@SECONDS), received by any "
@@ -197,7 +202,8 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("logging and evaluation")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--eval-interval", type=int, default=50)
-    g.add_argument("--eval-iters", type=int, default=5)
+    if pretraining:  # finetuning evaluates the whole validation set
+        g.add_argument("--eval-iters", type=int, default=5)
     g.add_argument("--tensorboard-dir")
 
 
@@ -251,13 +257,17 @@ def check_ranges(args: argparse.Namespace):
             raise ConfigError(f"{flag}: must be smaller than 1")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
-    the defaults of the flags it names, so explicit flags still win."""
-    parser = build_parser()
-    preset = parser.parse_known_args(argv)[0].model_preset
-    parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
-    args = parser.parse_args(argv)
+def add_shared_arguments(parser: argparse.ArgumentParser):
+    """The flags finetune_glm.py shares with pretraining: batch and precision, optimizer and
+    learning rate, parallelism, checkpointing and logging."""
+    _training_args(parser, pretraining=False)
+    _optimizer_args(parser)
+    _parallel_args(parser)
+    _checkpoint_and_logging_args(parser, pretraining=False)
+
+
+def check_shared_arguments(args: argparse.Namespace):
+    """Ranges and combinations of the shared flags that cannot work."""
     check_ranges(args)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
@@ -267,10 +277,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for flag in ("exit_signal_handler", "exit_duration_in_mins"):
         if getattr(args, flag) not in (None, False) and not args.save:
             raise ConfigError(f"--{flag.replace('_', '-')} saves before exiting: give --save")
+
+
+def set_schedule_defaults(args: argparse.Namespace):
+    """Decay over the whole run and warm up for its first 10%, unless the flags say otherwise."""
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_iters is None:
         args.lr_warmup_iters = args.lr_decay_iters // 10
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
+    the defaults of the flags it names, so explicit flags still win."""
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].model_preset
+    parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
+    args = parser.parse_args(argv)
+    check_shared_arguments(args)
+    set_schedule_defaults(args)
     if args.data_path is None:
         args.save = args.save or f"{BUILTIN_RUN_DIR}/checkpoints"
         args.tensorboard_dir = args.tensorboard_dir or f"{BUILTIN_RUN_DIR}/tensorboard"

@@ -156,6 +156,9 @@ class CheckpointMetadata:
     precision: Optional[str] = None  # fp32 | bf16 | fp16
     converted_from: Optional[str] = None  # an imported checkpoint: the source directory
     hf_layout: Optional[str] = None  # ... and its Hugging Face layout
+    # A finetuning run's task, head, label set and best result (finetune/settings.py's
+    # FinetuneSettings as a dict); None for pretraining.
+    finetune: Optional[dict] = None
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -169,7 +172,8 @@ class CheckpointMetadata:
 def records_of(metadata: CheckpointMetadata) -> dict:
     """The fields that describe the run rather than the files (a reshard keeps them)."""
     return {name: getattr(metadata, name) for name in
-            ("tokenizer", "data", "schedule", "precision", "converted_from", "hf_layout")}
+            ("tokenizer", "data", "schedule", "precision", "converted_from", "hf_layout",
+             "finetune")}
 
 
 _RECORDS = {"layout": Layout, "contents": Contents, "tokenizer": TokenizerRecord,

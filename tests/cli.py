@@ -1,4 +1,4 @@
-"""Run pretrain_glm.py (or torchrun) as a user would, in a subprocess."""
+"""Run pretrain_glm.py and finetune_glm.py (or torchrun) as a user would, in a subprocess."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from glm_testing import TEST_DEVICE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "pretrain_glm.py")
+FINETUNE = os.path.join(ROOT, "finetune_glm.py")
 
 # A quick run of the built-in corpus on the tiny GLM-4-architecture model.
 QUICK = ["--model-preset", "chatglm3-tiny", "--seq-length", "64", "--micro-batch-size", "2",
@@ -36,15 +37,27 @@ def file_size_limit(limit: int):
 def run_pretrain(args: list[str], nproc: int = 1, timeout: int = 600,
                  python: list[str] | None = None, env: dict | None = None,
                  preexec_fn=None) -> subprocess.CompletedProcess:
-    """One process runs on GLM_TEST_DEVICE, several on CPU (gloo); a later --device in `args`
-    overrides. `env`: extra environment variables."""
+    return run_entry(PRETRAIN, args, nproc, timeout, python, env, preexec_fn)
+
+
+def run_finetune(args: list[str], nproc: int = 1, timeout: int = 600) -> \
+        subprocess.CompletedProcess:
+    return run_entry(FINETUNE, args, nproc, timeout)
+
+
+def run_entry(script: str, args: list[str], nproc: int = 1, timeout: int = 600,
+              python: list[str] | None = None, env: dict | None = None,
+              preexec_fn=None) -> subprocess.CompletedProcess:
+    """`python SCRIPT ARGS`, or torchrun with `nproc` processes. One process runs on
+    GLM_TEST_DEVICE, several on CPU (gloo); a later --device in `args` overrides. `env`: extra
+    environment variables."""
     device = ["--device", TEST_DEVICE if nproc == 1 else "cpu"]
     if nproc == 1:
-        command = [sys.executable, *(python or []), PRETRAIN, *device, *args]
+        command = [sys.executable, *(python or []), script, *device, *args]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(nproc), PRETRAIN, *device, *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **(env or {}))
+                   "--nproc_per_node", str(nproc), script, *device, *args]
+    env = _env(env)
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, preexec_fn=preexec_fn)
 

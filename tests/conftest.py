@@ -39,3 +39,20 @@ def distributed_world():
     initialize_distributed(1, 1, "cpu")
     yield
     shutdown()
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory):
+    """A briefly pretrained checkpoint of the built-in run (pretrain_glm.py on the built-in
+    corpus, the tiny GLM-4-architecture preset), made once per test session: the model the
+    finetuning tests and examples start from."""
+    from cli import run_pretrain
+    run = tmp_path_factory.mktemp("pretrained")
+    result = run_pretrain(["--model-preset", "chatglm3-tiny", "--seq-length", "128",
+                           "--micro-batch-size", "4", "--global-batch-size", "16",
+                           "--train-iters", "40", "--log-interval", "20",
+                           "--eval-interval", "1000", "--eval-iters", "1",
+                           "--save", str(run / "checkpoints"),
+                           "--tensorboard-dir", str(run / "tensorboard")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(run / "checkpoints")

@@ -60,3 +60,32 @@ def test_tp2_dp2(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "layout TP=2 x PP=1 x DP=2" in result.stdout
     assert re.search(r"iteration\s+2/\s+2 \|", result.stdout)
+
+
+def test_finetune_wordnet(tmp_path, pretrained_checkpoint):
+    """The WordNet example with the sequence-classification head, one epoch, from the session's
+    briefly pretrained built-in run."""
+    run = tmp_path / "run"
+    result = _run_example("finetune_wordnet.sh",
+                          {"HEAD": "seq-cls", "EPOCHS": "1", "PRETRAINED": pretrained_checkpoint,
+                           "RUN_DIR": str(run)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "head seq-cls (rightmost-token), 1 epochs of 125 iterations" in result.stdout
+    assert re.search(r"validation at iteration 125 \| loss: \S+ \| accuracy: \S+ \| macro-f1",
+                     result.stdout)
+    assert (run / "checkpoints" / "best" / "latest_checkpointed_iteration.txt").is_file()
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 402
+
+
+def test_finetune_superglue_sample(tmp_path, pretrained_checkpoint):
+    """The SuperGLUE recipe on the hand-written COPA sample: multi-token cloze, mirrored
+    training examples."""
+    run = tmp_path / "run"
+    result = _run_example("finetune_superglue.sh",
+                          {"TASK": "copa", "EPOCHS": "1", "PRETRAINED": pretrained_checkpoint,
+                           "RUN_DIR": str(run)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: 6 examples" in result.stdout and "head cloze (multi-token)" in result.stdout
+    assert re.search(r"validation at iteration 3 \| loss: \S+ \| accuracy: \S+ \| examples: 3",
+                     result.stdout)
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 3

@@ -147,8 +147,13 @@ class CheckpointReader:
 
     @property
     def prepends_cls(self) -> bool:
-        """Whether the run's inputs began with [CLS] (GLM's --prepend-cls)."""
-        return bool(self.metadata.data and self.metadata.data.prepend_cls)
+        """Whether the model's inputs begin with [CLS]: as its run recorded (GLM's
+        --prepend-cls), else only for GLM's published models (imported in the glm-10b layout),
+        which start every pretraining sample and finetuning input with it."""
+        data = self.metadata.data
+        if data is not None and data.prepend_cls is not None:
+            return data.prepend_cls
+        return self.metadata.hf_layout == "glm-10b"
 
     @property
     def tokenizer_path(self) -> Optional[str]:

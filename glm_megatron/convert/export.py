@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..finetune.settings import hf_classifier_fields
 from . import tokenizer_files
 from .checkpoint import CheckpointReader
 from .errors import ConversionError
@@ -79,6 +80,8 @@ def export_checkpoint(load_dir: str, save_dir: str, *, hf_layout: Optional[str] 
             del ours, hf
         writer.close()
         hf_config = layout.config_to_hf(cfg, head, tokens, weights_dtype)
+        if head.is_classifier:  # the labels a finetuning run recorded, if any
+            hf_config.update(hf_classifier_fields(reader.metadata))
         _write_json(os.path.join(staging, "config.json"), hf_config)
         _write_json(os.path.join(staging, "generation_config.json"),
                     _generation_config(hf_config))

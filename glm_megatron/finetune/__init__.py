@@ -11,6 +11,16 @@ One module per concern:
 - metrics: accuracy, macro-F1, MSE / Pearson, multi-label exact match / micro-F1
 - errors: FinetuneDataError (one line naming the file or flag and the fix; exit 2)
 
+The run (finetune_glm.py) on top of them:
+- arguments: the flags (the task's, the heads', and pretraining's shared groups)
+- pretrained: --pretrained-checkpoint's architecture, tokenizer and [CLS] convention, and its
+  weights loaded at the run's layout
+- data: the files encoded for the chosen head, model batches, the epochs' order
+- heads: models and loss functions of the cloze and seq-cls heads
+- evaluation: a whole split scored, gathered on rank 0, metrics, the predictions file
+- settings: what a finetuning checkpoint records (task, head, label set, best result)
+- runner: setup, the training loop, validation, best checkpoint, zero-shot evaluation
+
 Use: `task = build_task(...)`; `check_head(task, head)`; per file
 `examples = task.cloze_examples(path, split)` (or `sequence_examples`), then
 `ClozeEncoder(...).encode(examples, path)` (or SequenceEncoder) once, and a collator per

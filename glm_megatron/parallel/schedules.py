@@ -143,13 +143,16 @@ class PipelineParallel(ForwardBackward):
         micro = [next(microbatches) for _ in range(self.num_microbatches)]
         batch = _to_device({k: torch.cat([m[k] for m in micro]) for k in micro[0]},
                            self.ctx.device)
-        # The loss is computed inside the last stage; the schedule still wants a target.
-        target = batch["loss_mask"] if self.last is not None else None
+        # The loss is computed inside the last stage; the schedule still wants a target (any
+        # tensor split like the micro-batches: every batch has tokens, not every one a mask).
+        target = batch["tokens"] if self.last is not None else None
         run = self.schedule.eval if forward_only else self.schedule.step
         outputs = run(target=target, **batch)
         if self.last is None:
             return StepOutput(None, None)
-        reports, self.last.reports = self.last.reports, []
+        # The schedule may first run a micro-batch through the stage to infer shapes; that
+        # forward's report is not one of this step's.
+        reports, self.last.reports = self.last.reports[-self.num_microbatches:], []
         return StepOutput(list(outputs.detach().unbind()), reports)
 
 

@@ -94,6 +94,19 @@ class TrainingLogger:
                    f"lm loss PPL: {_ppl(loss):.6E} |\n{bar}")
 
 
+    def evaluation(self, it: int, split: str, loss: float, metrics: dict, examples: int):
+        """A finetuning evaluation: the loss and the task's metrics over a whole split, as
+        TensorBoard tags `{split} loss`, `{split} accuracy`, ... (split: validation, test)."""
+        if self.writer is not None:
+            for name, value in {"loss": loss, **metrics}.items():
+                self.writer.add_scalar(f"{split} {name}", value, it)
+            self.writer.flush()
+        values = " | ".join(f"{name}: {value:.4f}" for name, value in metrics.items())
+        bar = "-" * 80
+        print_line(f"{bar}\n {split} at iteration {it} | loss: {loss:.6E} | {values} | "
+                   f"examples: {examples} |\n{bar}")
+
+
 def _ppl(loss: float) -> float:
     # Megatron-LM caps the exponent at 20; min() would turn a nan loss into that cap.
     return math.nan if math.isnan(loss) else math.exp(min(20.0, loss))

@@ -55,7 +55,7 @@ def log(text: str):
         print_line(text)
 
 
-def _num_microbatches(args, ctx: ParallelContext) -> int:
+def microbatches_per_rank(args, ctx: ParallelContext) -> int:
     per_step = args.micro_batch_size * ctx.dp_size
     if args.global_batch_size % per_step:
         raise ConfigError(
@@ -99,7 +99,7 @@ def _vocab_size(args, tokenizer: GLMTokenizer, saved: CheckpointMetadata | None)
     return vocab
 
 
-def _virtual_stages(args, config: GLMConfig) -> int:
+def virtual_stages(args, config: GLMConfig, num_microbatches: int) -> int:
     per_chunk = args.num_layers_per_virtual_pipeline_stage
     if per_chunk is None:
         return 1
@@ -114,6 +114,10 @@ def _virtual_stages(args, config: GLMConfig) -> int:
         raise ConfigError(f"--num-layers {config.num_layers} is not divisible by "
                           f"--pipeline-model-parallel-size {pp} x "
                           f"--num-layers-per-virtual-pipeline-stage {per_chunk}")
+    if num_microbatches % pp:
+        raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
+                          f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
+                          f"{pp}; adjust --global-batch-size")
     return config.num_layers // (pp * per_chunk)
 
 
@@ -159,7 +163,7 @@ def _check_config_matches(config: GLMConfig, saved: CheckpointMetadata | None, a
                           "pass the same --model-preset and architecture flags")
 
 
-def _scheduler(args, optimizer) -> OptimizerParamScheduler:
+def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
         raise ConfigError("--lr-decay-style WSD needs --lr-wsd-decay-iters")
     if args.lr_warmup_iters >= args.lr_decay_iters:
@@ -173,6 +177,25 @@ def _scheduler(args, optimizer) -> OptimizerParamScheduler:
         wsd_decay_steps=args.lr_wsd_decay_iters, lr_wsd_decay_style=args.lr_wsd_decay_style,
         override_opt_param_scheduler=args.override_opt_param_scheduler,
         use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler)
+
+
+def params_dtype(args) -> torch.dtype:
+    return _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
+
+
+def build_trainer(args, model: ModelChunks, ctx: ParallelContext, num_microbatches: int,
+                  loss_fn) -> Trainer:
+    """The optimizer, loss scaling and forward-backward that the optimizer flags describe."""
+    scaler = None
+    if args.fp16:
+        scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
+                                   args.min_loss_scale, args.loss_scale_window, args.hysteresis,
+                                   dynamic=args.loss_scale is None)
+    return Trainer(
+        model, ctx, num_microbatches=num_microbatches, loss_fn=loss_fn, lr=args.lr,
+        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler,
+        distributed_optimizer=args.use_distributed_optimizer)
 
 
 @dataclass
@@ -205,7 +228,7 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     save_directory.check_writable(args.save, "--save")
     save_directory.check_writable(args.tensorboard_dir, "--tensorboard-dir")
     layout = ctx.layout
-    num_microbatches = _num_microbatches(args, ctx)
+    num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
     _check_validation_split(args)
     data_path, tokenizer = _resolve_data(args)
@@ -215,11 +238,7 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
     _check_config_matches(config, saved, args)
-    virtual = _virtual_stages(args, config)
-    if virtual > 1 and num_microbatches % layout.pipeline:
-        raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
-                          f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
-                          f"{layout.pipeline}; adjust --global-batch-size")
+    virtual = virtual_stages(args, config, num_microbatches)
     records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
                                 args.decoder_first_pipeline_num_layers,
                                 args.decoder_last_pipeline_num_layers),
@@ -243,23 +262,14 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
         f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
         f"{config.vocab_size})")
 
-    dtype = _DTYPES.get("bf16" if args.bf16 else "fp16" if args.fp16 else "", torch.float32)
+    dtype = params_dtype(args)
     model = build_model_chunks(
         config, ctx, args.seed, params_dtype=dtype, options=options, virtual_stages=virtual,
         first_stage_layers=args.decoder_first_pipeline_num_layers,
         last_stage_layers=args.decoder_last_pipeline_num_layers)
-    scaler = None
-    if args.fp16:
-        scaler = DynamicLossScaler(args.loss_scale or args.initial_loss_scale,
-                                   args.min_loss_scale, args.loss_scale_window, args.hysteresis,
-                                   dynamic=args.loss_scale is None)
-    trainer = Trainer(
-        model, ctx, num_microbatches=num_microbatches, loss_fn=language_model_loss, lr=args.lr,
-        weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_eps, clip_grad=args.clip_grad, loss_scaler=scaler,
-        distributed_optimizer=args.use_distributed_optimizer)
+    trainer = build_trainer(args, model, ctx, num_microbatches, language_model_loss)
     optimizer = trainer.optimizer
-    scheduler = _scheduler(args, optimizer)
+    scheduler = build_scheduler(args, optimizer)
     _own_save_directory(args, ctx, cleanup)
     progress = TrainingState()
     if saved is not None:
@@ -333,6 +343,34 @@ def train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingS
         raise TrainingDiverged(f"{error}; {job.last_checkpoint_text()}") from None
 
 
+def training_iteration(trainer: Trainer, scheduler: OptimizerParamScheduler, batches,
+                       logger: TrainingLogger, progress: TrainingState, *, batch_size: int,
+                       tokens: int, flops: float, check_for_nan: bool):
+    """One optimizer step and its bookkeeping: the schedule, the progress, the log line and
+    the divergence check."""
+    ctx = trainer.ctx
+    started = time.perf_counter()
+    output, applied, grad_norm = trainer.train_step(batches)
+    loss = output.mean_loss(ctx)
+    if applied:
+        scheduler.step(1)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    progress.iteration += 1
+    progress.consumed_samples += batch_size
+    scaler = trainer.optimizer.loss_scaler
+    if ctx.is_rank_zero:
+        logger.iteration(
+            progress.iteration, loss=loss, lr=trainer.optimizer.param_groups[0]["lr"],
+            grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
+            elapsed=elapsed, consumed_samples=progress.consumed_samples, batch_size=batch_size,
+            tokens=tokens, flops=flops, world_size=ctx.world_size, device=ctx.device)
+    reason = divergence(loss, grad_norm, scaler) if check_for_nan else None
+    if reason is not None:
+        raise TrainingDiverged(f"iteration {progress.iteration}: {reason}")
+
+
 def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
     args = job.args
     ctx = job.ctx
@@ -343,32 +381,13 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
     flops = model_flops_per_iteration(job.config, args.global_batch_size, job.collator.length)
     tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
-    scaler = job.trainer.optimizer.loss_scaler
     stopping = None
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
     while progress.iteration < stop_at and stopping is None:
-        started = time.perf_counter()
-        output, applied, grad_norm = job.trainer.train_step(batches)
-        loss = output.mean_loss(ctx)
-        if applied:
-            job.scheduler.step(1)
-        if ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        progress.iteration += 1
-        progress.consumed_samples += args.global_batch_size
-        if ctx.is_rank_zero:
-            logger.iteration(
-                progress.iteration, loss=loss, lr=job.trainer.optimizer.param_groups[0]["lr"],
-                grad_norm=grad_norm, loss_scale=scaler.scale if scaler else 1.0, applied=applied,
-                elapsed=elapsed, consumed_samples=progress.consumed_samples,
-                batch_size=args.global_batch_size, tokens=tokens, flops=flops,
-                world_size=ctx.world_size, device=ctx.device)
-        reason = (divergence(loss, grad_norm, scaler) if args.check_for_nan_in_loss_and_grad
-                  else None)
-        if reason is not None:
-            raise TrainingDiverged(f"iteration {progress.iteration}: {reason}")
+        training_iteration(job.trainer, job.scheduler, batches, logger, progress,
+                           batch_size=args.global_batch_size, tokens=tokens, flops=flops,
+                           check_for_nan=args.check_for_nan_in_loss_and_grad)
         if args.eval_interval and progress.iteration % args.eval_interval == 0:
             _validate(job, logger, progress)
         if args.save_interval and progress.iteration % args.save_interval == 0:
