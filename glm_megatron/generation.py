@@ -114,7 +114,7 @@ def check_positions(config: GLMConfig, part_a_length: int, max_span_tokens: int)
     if max_span_tokens + 1 >= limit:
         raise ValueError(f"--max-span-tokens {max_span_tokens} would reach block position "
                          f"{max_span_tokens + 1}, beyond the model's {limit} positions; "
-                         "lower it")
+                         f"give at most {limit - 2}")
 
 
 class _Recompute:

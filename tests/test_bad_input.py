@@ -157,9 +157,9 @@ def test_generation_prompt_longer_than_the_position_table(tmp_path):
     long_text = " ".join(["word"] * 100) + " [MASK]."
     result = subprocess.run(tool + ["--text", long_text], capture_output=True, text=True,
                             env=env)
-    _refused(result, "more than the 64 positions the model has (max_position_embeddings); "
-                     "shorten it")
+    _refused(result, "the text is 104 tokens long but the model has 64 positions "
+                     "(--max-position-embeddings); shorten the text")
     result = subprocess.run(tool + ["--text", "A [MASK].", "--max-span-tokens", "64"],
                             capture_output=True, text=True, env=env)
-    _refused(result, "--max-span-tokens 64: a span's block positions go up to 65, more than "
-                     "the model's 64 positions; give at most 63")
+    _refused(result, "--max-span-tokens 64 would reach block position 65, beyond the model's "
+                     "64 positions; give at most 62")

@@ -371,7 +371,7 @@ def test_metadata_names_no_flags_and_reads_without_megatron_core(saved_run):
     assert metadata["format_version"] == 2 and "args" not in metadata
     assert set(metadata) == {"format_version", "iteration", "consumed_samples", "config",
                              "layout", "contents", "tokenizer", "data", "schedule",
-                             "precision", "converted_from", "hf_layout"}
+                             "precision", "converted_from", "hf_layout", "finetune"}
     probe = ("import sys; sys.modules['megatron'] = None; "
              "sys.modules['glm_megatron.arguments'] = None; "
              "from glm_megatron.convert.checkpoint import CheckpointReader; "

@@ -154,11 +154,29 @@ def _held_out_passages(count: int) -> list[np.ndarray]:
     return [valid[3 * i][:SEQ - 4] for i in range(count)]
 
 
+def _span_loss_and_unigram_baseline(model, batch, tokenizer) -> tuple[float, float]:
+    """On the span tokens of `batch` (its targets but <eop>): the model's mean loss, and that
+    of a context-blind model, each token's unigram frequency in the whole built-in corpus
+    (held-out text included, which only flatters the baseline)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    corpus = IndexedDataset(ensure_builtin_data()[0])
+    counts = np.bincount(np.concatenate([corpus[i] for i in range(len(corpus))]),
+                         minlength=tokenizer.vocab_size) + 1.0  # add-one smoothing
+    log_unigram = torch.tensor(np.log(counts / counts.sum()))
+    targets = (batch["loss_mask"] > 0) & (batch["labels"] != tokenizer.eop)
+    with torch.no_grad():
+        token_losses = model(batch)
+    labels = batch["labels"][targets].cpu()
+    return (float(token_losses[targets].mean()), float(-log_unigram[labels].mean()))
+
+
 @pytest.mark.slow
 def test_blank_infilling_learns_and_fills_blanks(tmp_path):
     """A small GLM trained a few hundred iterations on the built-in corpus: the validation loss
-    falls far below its start, the model reads Part A to fill a blank (its loss on the spans
-    rises when Part A is shuffled), and it fills blanks in held-out text (printed)."""
+    (total, and of token spans alone) falls far below its start, the spans' loss on held-out
+    text is well below a context-blind (unigram) model's on the same targets, the model reads
+    Part A to fill a blank (its loss on the spans rises when Part A is shuffled), and it fills
+    blanks in held-out text (printed)."""
     save = str(tmp_path / "checkpoints")
     result = run_pretrain(
         ["--model-preset", "chatglm3-tiny", "--num-layers", "4", "--hidden-size", "128",
@@ -172,6 +190,9 @@ def test_blank_infilling_learns_and_fills_blanks(tmp_path):
     validation = _validation_losses(result.stdout)
     print("validation losses:", validation)
     assert validation[-1] < validation[0] - 3.0
+    token_spans = [float(v) for v in re.findall(r"token spans loss: (\S+)", result.stdout)]
+    assert len(token_spans) == len(validation) and token_spans[-1] < token_spans[0] - 3.0
+    assert "documents loss" not in result.stdout  # --bert-prob 1: token spans only
 
     tokenizer = GLMTokenizer(ensure_builtin_data()[1])
     model = load_model(CheckpointReader(save), TEST_DEVICE)
@@ -190,6 +211,9 @@ def test_blank_infilling_learns_and_fills_blanks(tmp_path):
                                for b in (batch, shuffled))
     print(f"span loss with Part A {loss:.3f}, with Part A shuffled {loss_shuffled:.3f}")
     assert loss < loss_shuffled - 0.15
+    model_loss, unigram_loss = _span_loss_and_unigram_baseline(model, batch, tokenizer)
+    print(f"span tokens: model {model_loss:.3f}, unigram baseline {unigram_loss:.3f}")
+    assert model_loss < unigram_loss - 0.5
 
     fills = []
     for passage in passages[:6]:

@@ -32,7 +32,7 @@ from ..data.tokenizer import GLMTokenizer, padded_vocab_size
 from ..model.builder import build_model_chunks
 from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
-from ..objectives import (BlankInfillingConfig, SpecialTokenIds, build_collator,
+from ..objectives import (BLANK_MODES, BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
 from ..parallel.agreement import raised_together
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
@@ -41,7 +41,7 @@ from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
 from .exit_conditions import ExitConditions, ignore_exit_signals
-from .losses import language_model_loss
+from .losses import language_model_loss, mode_report_keys
 from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
 from .optimizer import DynamicLossScaler
 from .resume_checks import check_resume
@@ -332,8 +332,27 @@ def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
         job.validation_batches = list(itertools.islice(_loader(job, 1, 0), count))
     outputs = job.trainer.evaluate(iter(job.validation_batches), job.args.eval_iters)
     loss = sum(output.mean_loss(job.ctx) for output in outputs) / len(outputs)
+    parts = _span_kind_losses(job, outputs)
     if job.ctx.is_rank_zero:
-        logger.validation(progress.iteration, loss, progress.consumed_samples)
+        logger.validation(progress.iteration, loss, progress.consumed_samples, parts)
+
+
+# How the validation log names each span kind of blank infilling.
+_SPAN_KIND_NAMES = {"token": "token spans", "sentence": "sentences", "document": "documents"}
+
+
+def _span_kind_losses(job: Job, outputs) -> dict[str, float]:
+    """Blank infilling: the token-weighted validation loss of each span kind drawn, so a user
+    sees which kind learns (`lm loss validation` stays the total)."""
+    if job.args.objective != "blank-infilling":
+        return {}
+    keys = mode_report_keys()
+    totals = dict.fromkeys(keys, 0.0)
+    for output in outputs:
+        for key, value in output.summed_reports(job.ctx, keys).items():
+            totals[key] += value
+    return {_SPAN_KIND_NAMES[kind]: totals[f"{kind} loss sum"] / totals[f"{kind} tokens"]
+            for kind in BLANK_MODES if totals[f"{kind} tokens"]}
 
 
 def train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
