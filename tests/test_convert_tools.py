@@ -88,7 +88,7 @@ def test_schema_is_the_models_state_dict(ctx, preset):
     """What the converters write is exactly what build_model's state dict holds: names (with
     megatron-core's _extra_state entries), shapes and TP split specs."""
     from glm_megatron.convert.schema import (Head, full_model_params, layer_extra_state,
-                                             post_extra_state)
+                                             post_extra_state, post_params)
     from glm_megatron.model.builder import build_model
     from glm_megatron.parallel.param_roles import role_of
     for head in (Head(), Head(3)) if preset == "chatglm3-tiny" else (Head(),):
@@ -100,9 +100,16 @@ def test_schema_is_the_models_state_dict(ctx, preset):
         for name, param in named.items():
             assert tuple(param.shape) == params[name].shape, name
             assert role_of(param).partition == params[name].partition, name
-        extra = {n for i in range(config.num_layers) for n in layer_extra_state(i)}
-        extra |= set(post_extra_state(head))
+        extra = {n for i in range(config.num_layers) for n in layer_extra_state(config, i)}
+        extra |= set(post_extra_state(config, head))
         assert set(model.state_dict()) == set(params) | extra
+    # The last pipeline stage of a tied model keeps its own copy of the word embeddings.
+    config = tiny_config(preset)
+    last_stage = build_model(config, ctx, 0, layer_numbers=range(0), pre_process=False)
+    copy = post_params(config, Head(), holds_embedding=False)
+    assert {n: (tuple(p.shape), role_of(p).partition)
+            for n, p in last_stage.named_parameters()} == {
+        n: (p.shape, p.partition) for n, p in copy.items()}
 
 
 # Tokenizer -----------------------------------------------------------------------------------

@@ -184,7 +184,8 @@ def test_epochs_are_seeded_permutations_cut_to_whole_batches(dp_size):
 def _write_checkpoint(root, config, full, tp, pp):
     """`full` written in our checkpoint format at TP x PP (the converter's writer)."""
     from glm_megatron.convert.checkpoint import CheckpointWriter
-    from glm_megatron.convert.schema import OUTPUT_LAYER, WORD_EMBEDDINGS, Head
+    from glm_megatron.convert.schema import Head
+    from glm_megatron.param_names import OUTPUT_LAYER, WORD_EMBEDDINGS
     writer = CheckpointWriter(root, config, Head(), tp, pp)
     for stage in range(pp):
         tensors = {name: full[name] for name in writer.stage_params(stage)

@@ -2,7 +2,8 @@
 
 - schema.py: our parameters (names, full shapes, TP splits) derived from a GLMConfig.
 - transforms.py: the named row transforms (split QKV, regroup per query group, fused layouts).
-- mapping.py / layouts.py: the key tables of every Hugging Face layout, shared by both directions.
+- mapping.py / layouts/: the key tables of every Hugging Face layout (one module per family),
+  shared by both directions.
 - checkpoint.py: streaming reader/writer of our checkpoint format at any layout.
 - hf_files.py: streaming sharded safetensors writer, lazy safetensors/.bin reader.
 - tokenizer_files.py: the run's tokenizer as Hugging Face tokenizer files.

@@ -26,10 +26,11 @@ from ..checkpoint_format import (METADATA, MODEL_FILE, TRACKER, CheckpointError,
                                  rank_dir_name)
 from ..config import ConfigError, GLMConfig
 from ..parallel.layer_split import stage_layer_ranges
+from ..param_names import OUTPUT_LAYER
 from ..parallel.sharding import shard, unshard
 from .errors import ConversionError
-from .schema import (EXTRA_STATE, OUTPUT_LAYER, Head, Param, layer_extra_state, layer_params,
-                     post_extra_state, post_params, pre_params)
+from .schema import (EXTRA_STATE, Head, Param, layer_extra_state, layer_params, post_extra_state,
+                     post_params, pre_params)
 
 OPTIMIZER_KEYS = ("master", "exp_avg", "exp_avg_sq")
 
@@ -337,8 +338,8 @@ class CheckpointWriter:
     def _extra_state(self, rank: int) -> list[str]:
         names = []
         for stage in self.chunks[rank]:
-            names += [n for i in self.ranges[stage] for n in layer_extra_state(i)]
-            names += post_extra_state(self.head) if self._last(stage) else []
+            names += [n for i in self.ranges[stage] for n in layer_extra_state(self.config, i)]
+            names += post_extra_state(self.config, self.head) if self._last(stage) else []
         return names
 
     def write_stage(self, stage: int, tensors: dict[str, torch.Tensor],

@@ -22,7 +22,7 @@ from .errors import ConversionError
 from .hf_files import HFWeights
 from .layouts import LAYOUTS, detect_layout
 from .mapping import from_hf, hf_plan
-from .schema import OUTPUT_LAYER, WORD_EMBEDDINGS
+from ..param_names import OUTPUT_LAYER, WORD_EMBEDDINGS
 from .staging import check_target, staged_output_dir
 
 

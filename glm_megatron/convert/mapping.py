@@ -46,7 +46,7 @@ class Layout:
     pre: tuple[Rule, ...]
     layer: tuple[Rule, ...]
     post: tuple[Rule, ...]
-    # config.json <-> GLMConfig, and which of our configs the layout can hold (layouts.py).
+    # config.json <-> GLMConfig, and which of our configs the layout can hold (layouts/).
     detect: Callable[[dict], bool]
     config_from_hf: Callable[[dict], tuple]
     config_to_hf: Callable[..., dict]

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 from ..checkpoint_format import records_of
 from .checkpoint import CheckpointReader, CheckpointWriter, pipeline_split
-from .schema import OUTPUT_LAYER, WORD_EMBEDDINGS
+from ..param_names import OUTPUT_LAYER, WORD_EMBEDDINGS
 from .staging import check_target, staged_output_dir
 
 def reshard_checkpoint(load_dir: str, save_dir: str, *, tensor_parallel: int,

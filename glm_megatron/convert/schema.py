@@ -1,8 +1,12 @@
-"""Our model's parameters as data: full shapes and tensor-parallel split of every name, derived
-from a GLMConfig alone (no model is built).
+"""Our model's parameters as data: full shapes and tensor-parallel split of every name.
+
+Derived from the model itself, built once per config on the meta device (no memory, no weights
+drawn) in one process: names and shapes are its `named_parameters()`, the split is each
+parameter's role (`parallel.param_roles`). So the converters can never disagree with the model.
 
 Import and resharding use it to write checkpoints that `load_state_dict(strict=True)` accepts at
-any layout; export uses it to check that a checkpoint agrees with its own config.
+any layout; export uses it to check that a checkpoint agrees with its own config. The model is
+imported only when a schema is asked for: reading a checkpoint's metadata needs no megatron-core.
 """
 
 from __future__ import annotations
@@ -11,17 +15,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import GLMConfig
-
-WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
-OUTPUT_LAYER = "output_layer.weight"
-SCORE = "score.weight"
-LAYER_PREFIX = "decoder.layers.{i}."
+from ..param_names import LAYER_PREFIX
 
 # megatron-core's linear layers carry an `_extra_state` entry (None) in their state dict.
 EXTRA_STATE = "._extra_state"
-
-COLUMN = (0, 1)
-ROW = (1, 1)
 
 
 @dataclass(frozen=True)
@@ -40,69 +37,79 @@ class Head:
         return self.num_labels is not None
 
 
-def _norm(cfg: GLMConfig, prefix: str) -> dict[str, Param]:
-    out = {prefix + ".weight": Param((cfg.hidden_size,), None)}
-    if cfg.normalization == "LayerNorm":
-        out[prefix + ".bias"] = Param((cfg.hidden_size,), None)
-    return out
+@dataclass(frozen=True)
+class _Part:
+    params: dict
+    extra_state: tuple
+
+
+_PARTS: dict[tuple, _Part] = {}
+
+
+def _part(cfg: GLMConfig, head: Head, which: str) -> _Part:
+    """The parameters of one part of the model: "pre" (the embedding), "layer" (layer 0), or
+    "post" / "post-copy" (final norm and head on the embedding's stage, or on a later pipeline
+    stage, where a tied head keeps its own copy of the word embeddings)."""
+    key = (repr(cfg), head, which)
+    if key not in _PARTS:
+        import torch
+
+        from ..model.glm import GLMForCausalLM, GLMForSequenceClassification
+        from ..parallel.context import single_process_context
+        from ..parallel.param_roles import role_of
+
+        ctx = single_process_context()
+        with torch.device("meta"):
+            if which.startswith("post") and head.is_classifier:
+                model = GLMForSequenceClassification(cfg, ctx, head.num_labels, pad_token_id=0)
+            else:
+                model = GLMForCausalLM(cfg, ctx, layer_numbers=range(int(which == "layer")),
+                                       pre_process=which in ("pre", "post"),
+                                       post_process=which.startswith("post"))
+
+        def belongs(name: str) -> bool:
+            in_layer = name.startswith("decoder.layers.")
+            if which == "layer":
+                return in_layer
+            return (not in_layer) and name.startswith("embedding.") == (which == "pre")
+
+        params = {name: Param(tuple(p.shape), role_of(p).partition)
+                  for name, p in model.named_parameters() if belongs(name)}
+        extra = tuple(name for name in model.state_dict(keep_vars=True)
+                      if name.endswith(EXTRA_STATE) and belongs(name))
+        _PARTS[key] = _Part(params, extra)
+    return _PARTS[key]
+
+
+def _in_layer(names, i: int):
+    """Layer 0's names renamed to layer i (every layer has the same parameters)."""
+    first, target = LAYER_PREFIX.format(i=0), LAYER_PREFIX.format(i=i)
+    return ((target + name[len(first):], value) for name, value in names)
 
 
 def pre_params(cfg: GLMConfig) -> dict[str, Param]:
     """Parameters of the first pipeline stage outside the layers (the embedding)."""
-    h = cfg.hidden_size
-    out = {WORD_EMBEDDINGS: Param((cfg.vocab_size, h), COLUMN)}
-    if cfg.position_embedding_type == "learned_absolute":
-        out["embedding.position_embeddings.weight"] = Param((cfg.max_position_embeddings, h), None)
-        if cfg.block_position_encoding:
-            out["embedding.block_position_embeddings.weight"] = Param(
-                (cfg.max_position_embeddings, h), None)
-    return out
+    return dict(_part(cfg, Head(), "pre").params)
 
 
 def layer_params(cfg: GLMConfig, i: int) -> dict[str, Param]:
-    h, p = cfg.hidden_size, LAYER_PREFIX.format(i=i)
-    qkv_rows = cfg.query_projection_size + 2 * cfg.kv_projection_size
-    fc1_rows = cfg.ffn_hidden_size * (2 if cfg.gated_mlp else 1)
-    fc1_split = (0, 2 if cfg.gated_mlp else 1)
-    out = _norm(cfg, p + "input_layernorm")
-    out[p + "self_attention.linear_qkv.weight"] = Param((qkv_rows, h), COLUMN)
-    if cfg.add_bias_linear or cfg.add_qkv_bias:
-        out[p + "self_attention.linear_qkv.bias"] = Param((qkv_rows,), COLUMN)
-    out[p + "self_attention.linear_proj.weight"] = Param((h, cfg.query_projection_size), ROW)
-    if cfg.add_bias_linear:
-        out[p + "self_attention.linear_proj.bias"] = Param((h,), None)
-    out.update(_norm(cfg, p + "pre_mlp_layernorm"))
-    out[p + "mlp.linear_fc1.weight"] = Param((fc1_rows, h), fc1_split)
-    if cfg.add_bias_linear:
-        out[p + "mlp.linear_fc1.bias"] = Param((fc1_rows,), fc1_split)
-    out[p + "mlp.linear_fc2.weight"] = Param((h, cfg.ffn_hidden_size), ROW)
-    if cfg.add_bias_linear:
-        out[p + "mlp.linear_fc2.bias"] = Param((h,), None)
-    if cfg.post_sublayer_norms:
-        out.update(_norm(cfg, p + "post_self_attn_layernorm"))
-        out.update(_norm(cfg, p + "post_mlp_layernorm"))
-    return out
+    return dict(_in_layer(_part(cfg, Head(), "layer").params.items(), i))
 
 
 def post_params(cfg: GLMConfig, head: Head, *, holds_embedding: bool = True) -> dict[str, Param]:
     """Parameters of the last stage outside the layers. A tied LM head on a stage without the
     embedding keeps a copy of the word embeddings as `output_layer.weight` (Megatron-LM)."""
-    out = _norm(cfg, "decoder.final_layernorm")
-    if head.is_classifier:
-        out[SCORE] = Param((head.num_labels, cfg.hidden_size), None)
-    elif cfg.untie_embeddings_and_output_weights or not holds_embedding:
-        out[OUTPUT_LAYER] = Param((cfg.vocab_size, cfg.hidden_size), COLUMN)
-    return out
+    which = "post" if holds_embedding or head.is_classifier else "post-copy"
+    return dict(_part(cfg, head, which).params)
 
 
-def layer_extra_state(i: int) -> list[str]:
-    p = LAYER_PREFIX.format(i=i)
-    return [p + m + EXTRA_STATE for m in ("self_attention.linear_qkv", "self_attention.linear_proj",
-                                          "mlp.linear_fc1", "mlp.linear_fc2")]
+def layer_extra_state(cfg: GLMConfig, i: int) -> list[str]:
+    extra = _part(cfg, Head(), "layer").extra_state
+    return [name for name, _ in _in_layer(((n, None) for n in extra), i)]
 
 
-def post_extra_state(head: Head) -> list[str]:
-    return [] if head.is_classifier else ["output_layer" + EXTRA_STATE]
+def post_extra_state(cfg: GLMConfig, head: Head) -> list[str]:
+    return list(_part(cfg, head, "post").extra_state)
 
 
 def layer_of(name: str) -> Optional[int]:

@@ -18,7 +18,7 @@ import torch
 from ..config import ConfigError, GLMConfig
 from ..convert.checkpoint import CheckpointReader
 from ..convert.mapping import groups
-from ..convert.schema import SCORE
+from ..param_names import SCORE
 from ..data.tokenizer import GLMTokenizer
 from ..parallel.context import ParallelContext
 from ..parallel.param_roles import role_of

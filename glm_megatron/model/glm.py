@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ..config import GLMConfig
+from ..param_names import WORD_EMBEDDINGS
 from ..parallel.context import ParallelContext
 from ..parallel.param_roles import set_role
 from ..parallel.sequence import gather_sequence
@@ -25,8 +26,6 @@ from .layers import ColumnParallelLinear
 from .options import ExecutionOptions
 from .rotary import RotaryEmbedding
 from .transformer import TransformerBlock
-
-WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 
 def split_position_ids(position_ids: torch.Tensor):

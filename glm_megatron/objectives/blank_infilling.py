@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Optional, Sequence
 
 import numpy as np
@@ -73,24 +73,37 @@ from ..config import ConfigError
 from .common import (SpecialTokenIds, as_token_array, check_samples, check_sentence_end_table,
                      content_length, to_batch)
 
-MODES = ("token", "sentence", "document")
-
-# Field -> the command-line flag that sets it (errors name the flag).
-FLAGS = {
-    "bert_prob": "--bert-prob", "gap_sentence_prob": "--gap-sentence-prob",
-    "gpt_infill_prob": "--gpt-infill-prob", "gpt_min_ratio": "--gpt-min-ratio",
-    "avg_block_length": "--avg-block-length", "bert_mask_ratio": "--bert-mask-ratio",
-    "gap_sentence_ratio": "--gap-sentence-ratio", "block_mask_prob": "--block-mask-prob",
-    "short_seq_prob": "--short-seq-prob", "shuffle_blocks": "--no-shuffle-block",
-    "task_mask": "--task-mask", "block_position": "--no-block-position",
-    "max_block_length": "--max-block-length", "max_spans": "--max-spans",
-    "length_multiple": "--blank-length-multiple",
-}
 _SHORT_SEQ_MIN = 32  # GLM's shortest cut
-
 
 # The three kinds of spans, one drawn per micro-batch; a batch's `mode` holds its index here.
 BLANK_MODES = ("token", "sentence", "document")
+
+
+def _probability(value) -> Optional[str]:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        return "must be a probability in [0, 1]"
+
+
+def _open_ratio(value) -> Optional[str]:
+    if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+        return "must be in (0, 1)"
+
+
+def _positive(value) -> Optional[str]:
+    if not (isinstance(value, (int, float)) and value > 0):
+        return "must be positive"
+
+
+def _positive_int(value) -> Optional[str]:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        return "must be a positive integer"
+
+
+def _knob(default, flag: str, help: str, check=None, negated_by_flag: bool = False):
+    """A dataclass field that also states its command-line flag, help and range check: the one
+    place each knob is written (flags, parsing and error messages are derived from it)."""
+    return field(default=default, metadata={"flag": flag, "help": help, "check": check,
+                                            "negated": negated_by_flag})
 
 
 @dataclass
@@ -98,48 +111,60 @@ class BlankInfillingConfig:
     """GLM's blank-infilling knobs, named and defaulted as GLM's flags (underscores for dashes;
     shuffle_blocks and block_position are the negations of --no-shuffle-block and
     --no-block-position)."""
-    bert_prob: float = 0.5
-    gap_sentence_prob: float = 0.0
-    gpt_infill_prob: float = 0.5
-    gpt_min_ratio: float = 0.5
-    avg_block_length: float = 3.0
-    bert_mask_ratio: float = 0.15
-    gap_sentence_ratio: float = 0.15
-    block_mask_prob: float = 0.0
-    short_seq_prob: float = 0.0
-    shuffle_blocks: bool = True
-    task_mask: bool = False
-    block_position: bool = True
-    # GLM (glm-large, glm-10b) starts every sample and every packed document with [CLS].
-    prepend_cls: bool = False
-    max_block_length: int = 40
+    bert_prob: float = _knob(0.5, "--bert-prob", "probability of the token-level mode",
+                             _probability)
+    gap_sentence_prob: float = _knob(
+        0.0, "--gap-sentence-prob",
+        "probability of the sentence-level mode; the document mode gets the rest", _probability)
+    gpt_infill_prob: float = _knob(0.5, "--gpt-infill-prob",
+                                   "document mode: probability that the span is the suffix",
+                                   _probability)
+    gpt_min_ratio: float = _knob(0.5, "--gpt-min-ratio",
+                                 "document mode: shortest span as a fraction of the sample",
+                                 _probability)
+    avg_block_length: float = _knob(3.0, "--avg-block-length",
+                                    "token mode: Poisson mean of the span lengths", _positive)
+    bert_mask_ratio: float = _knob(0.15, "--bert-mask-ratio",
+                                   "token mode: fraction of tokens masked", _open_ratio)
+    gap_sentence_ratio: float = _knob(0.15, "--gap-sentence-ratio",
+                                      "sentence mode: fraction of tokens masked", _open_ratio)
+    block_mask_prob: float = _knob(
+        0.0, "--block-mask-prob",
+        "token mode: probability of replacing a Part-B input token by [dBLOCK]", _probability)
+    short_seq_prob: float = _knob(
+        0.0, "--short-seq-prob",
+        "probability that a micro-batch is cut to shorter sub-segments", _probability)
+    shuffle_blocks: bool = _knob(True, "--no-shuffle-block",
+                                 "keep the spans in text order in Part B", negated_by_flag=True)
+    task_mask: bool = _knob(False, "--task-mask",
+                            "[sMASK] for sentences and [gMASK] for documents instead of [MASK]")
+    block_position: bool = _knob(
+        True, "--no-block-position",
+        "block position ids 1 on all of Part B instead of 1, 2, ...", negated_by_flag=True)
+    prepend_cls: bool = _knob(
+        False, "--prepend-cls",
+        "start every sample and packed document with [CLS], as GLM's pretraining of glm-large "
+        "and glm-10b did (on in those presets' recipe)")
+    max_block_length: int = _knob(40, "--max-block-length", "token mode: longest span",
+                                  _positive_int)
     # Static shape (see the module docstring): None derives max_spans from the mask ratios.
-    max_spans: Optional[int] = None
-    length_multiple: int = 8
+    max_spans: Optional[int] = _knob(
+        None, "--max-spans", "spans per row that the static length leaves room for; default "
+        "ceil(mask ratio x seq length / 2)", _positive_int)
+    length_multiple: int = _knob(8, "--blank-length-multiple",
+                                 "round the static row length up to a multiple of this",
+                                 _positive_int)
 
     def __post_init__(self):
-        for name in ("bert_prob", "gap_sentence_prob", "gpt_infill_prob", "gpt_min_ratio",
-                     "block_mask_prob", "short_seq_prob"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise ConfigError(f"{FLAGS[name]} {value!r} must be a probability in [0, 1]")
-        for name in ("bert_mask_ratio", "gap_sentence_ratio"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-                raise ConfigError(f"{FLAGS[name]} {value!r} must be in (0, 1)")
+        for knob in fields(self):
+            value = getattr(self, knob.name)
+            problem = knob.metadata["check"] and knob.metadata["check"](value)
+            if problem:
+                raise ConfigError(f"{knob.metadata['flag']} {value!r} {problem}")
         if self.bert_prob + self.gap_sentence_prob > 1.0 + 1e-9:
             raise ConfigError(
                 f"--bert-prob {self.bert_prob} + --gap-sentence-prob {self.gap_sentence_prob} "
                 "exceeds 1; the document mode takes the rest, so their sum must be <= 1")
-        if not (isinstance(self.avg_block_length, (int, float)) and self.avg_block_length > 0):
-            raise ConfigError(f"--avg-block-length {self.avg_block_length!r} must be positive")
-        for name in ("max_block_length", "length_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{FLAGS[name]} {value!r} must be a positive integer")
-        if self.max_spans is not None and (isinstance(self.max_spans, bool) or not isinstance(
-                self.max_spans, int) or self.max_spans < 1):
-            raise ConfigError(f"--max-spans {self.max_spans!r} must be a positive integer")
 
     @property
     def document_prob(self) -> float:
@@ -160,58 +185,31 @@ class BlankInfillingConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "BlankInfillingConfig":
         """From a namespace parsed with `add_arguments`' flags (absent flags keep defaults)."""
-        values = {name: getattr(args, name) for name in
-                  ("bert_prob", "gap_sentence_prob", "gpt_infill_prob", "gpt_min_ratio",
-                   "avg_block_length", "bert_mask_ratio", "gap_sentence_ratio",
-                   "block_mask_prob", "short_seq_prob", "task_mask", "max_block_length",
-                   "max_spans", "prepend_cls") if getattr(args, name, None) is not None}
-        if getattr(args, "no_shuffle_block", None) is not None:
-            values["shuffle_blocks"] = not args.no_shuffle_block
-        if getattr(args, "no_block_position", None) is not None:
-            values["block_position"] = not args.no_block_position
-        if getattr(args, "blank_length_multiple", None) is not None:
-            values["length_multiple"] = args.blank_length_multiple
+        values = {}
+        for knob in fields(cls):
+            value = getattr(args, _dest(knob), None)
+            if value is not None:
+                values[knob.name] = not value if knob.metadata["negated"] else value
         return cls(**values)
+
+
+def _dest(knob) -> str:
+    return knob.metadata["flag"][2:].replace("-", "_")
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     """GLM's blank-infilling flags, with GLM's names and defaults, in their own group."""
-    d = BlankInfillingConfig()
-    g = parser.add_argument_group("blank infilling (--objective blank-infilling)")
-    g.add_argument("--bert-prob", type=float, default=d.bert_prob,
-                   help="probability of the token-level mode")
-    g.add_argument("--gap-sentence-prob", type=float, default=d.gap_sentence_prob,
-                   help="probability of the sentence-level mode; the document mode gets the rest")
-    g.add_argument("--gpt-infill-prob", type=float, default=d.gpt_infill_prob,
-                   help="document mode: probability that the span is the suffix")
-    g.add_argument("--gpt-min-ratio", type=float, default=d.gpt_min_ratio,
-                   help="document mode: shortest span as a fraction of the sample")
-    g.add_argument("--avg-block-length", type=float, default=d.avg_block_length,
-                   help="token mode: Poisson mean of the span lengths")
-    g.add_argument("--bert-mask-ratio", type=float, default=d.bert_mask_ratio,
-                   help="token mode: fraction of tokens masked")
-    g.add_argument("--gap-sentence-ratio", type=float, default=d.gap_sentence_ratio,
-                   help="sentence mode: fraction of tokens masked")
-    g.add_argument("--block-mask-prob", type=float, default=d.block_mask_prob,
-                   help="token mode: probability of replacing a Part-B input token by [dBLOCK]")
-    g.add_argument("--short-seq-prob", type=float, default=d.short_seq_prob,
-                   help="probability that a micro-batch is cut to shorter sub-segments")
-    g.add_argument("--no-shuffle-block", action="store_true",
-                   help="keep the spans in text order in Part B")
-    g.add_argument("--task-mask", action=argparse.BooleanOptionalAction, default=d.task_mask,
-                   help="[sMASK] for sentences and [gMASK] for documents instead of [MASK]")
-    g.add_argument("--no-block-position", action="store_true",
-                   help="block position ids 1 on all of Part B instead of 1, 2, ...")
-    g.add_argument("--prepend-cls", action=argparse.BooleanOptionalAction, default=d.prepend_cls,
-                   help="start every sample and packed document with [CLS], as GLM's "
-                        "pretraining of glm-large and glm-10b did (on in those presets' recipe)")
-    g.add_argument("--max-block-length", type=int, default=d.max_block_length,
-                   help="token mode: longest span")
-    g.add_argument("--max-spans", type=int,
-                   help="spans per row that the static length leaves room for; default "
-                        "ceil(mask ratio x seq length / 2)")
-    g.add_argument("--blank-length-multiple", type=int, default=d.length_multiple,
-                   help="round the static row length up to a multiple of this")
+    group = parser.add_argument_group("blank infilling (--objective blank-infilling)")
+    for knob in fields(BlankInfillingConfig):
+        flag, help = knob.metadata["flag"], knob.metadata["help"]
+        if knob.metadata["negated"]:
+            group.add_argument(flag, action="store_true", help=help)
+        elif knob.type in ("bool", bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction,
+                               default=knob.default, help=help)
+        else:
+            kind = int if "int" in str(knob.type) else float
+            group.add_argument(flag, type=kind, default=knob.default, help=help)
 
 
 def truncated_poisson_cdf(mean: float, max_length: int) -> np.ndarray:
