@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
-from typing import Optional
+from typing import Iterator
 
 
 def fsync_dir(path: str):
@@ -16,19 +17,40 @@ def fsync_dir(path: str):
         os.close(fd)
 
 
-def write_atomically(path: str, data: bytes, tmp: Optional[str] = None):
-    """Write `data` to a temporary name beside `path` (default: a fresh one), fsync it, rename
-    it over `path` and fsync the folder: readers see the old file or the whole new one, and a
-    crash leaves no half-written file under the real name."""
-    tmp = tmp or f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+# Temporary files are named PATH + TEMPORARY_MARK + a unique suffix.
+TEMPORARY_MARK = ".tmp-"
+
+
+def temporary_name(path: str) -> str:
+    """A fresh name beside `path` (same folder, so the final rename is atomic)."""
+    return f"{path}{TEMPORARY_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+@contextlib.contextmanager
+def replaced_when_done(*paths: str) -> Iterator[list[str]]:
+    """Temporary names beside `paths`, to be written in the block. When it ends without error
+    they are fsynced and renamed over `paths` in the order given (so a reader that needs
+    several files can rely on that order), then the folders are fsynced; when it raises they
+    are removed. Readers see the old files or whole new ones, never a half-written file."""
+    temps = [temporary_name(path) for path in paths]
     try:
+        yield temps
+        for tmp in temps:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    for folder in {os.path.dirname(os.path.abspath(path)) for path in paths}:
+        fsync_dir(folder)
+
+
+def write_atomically(path: str, data: bytes):
+    """Write `data` to `path` whole or not at all (see `replaced_when_done`)."""
+    with replaced_when_done(path) as (tmp,):
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(os.path.abspath(path)))

@@ -242,7 +242,7 @@ def test_lock_of_a_dead_or_reused_pid_on_this_host_is_stale(tmp_path):
 def test_leftovers_are_cleared_and_old_checkpoints_pruned(tmp_path):
     save = tmp_path / "save"
     (save / ".staging_iter_0000009" / "mp_rank_00").mkdir(parents=True)
-    (save / "latest_checkpointed_iteration.txt.tmp.4242").write_text("9")
+    (save / "latest_checkpointed_iteration.txt.tmp-4242-0a1b2c3d").write_text("9")
     result = run_pretrain(QUICK + ["--train-iters", "4", "--save-interval", "1",
                                    "--keep-last-checkpoints", "2", "--save", str(save)] + TB +
                           [str(tmp_path / "tb")])

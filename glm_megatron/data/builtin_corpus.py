@@ -31,6 +31,8 @@ import sysconfig
 import textwrap
 from typing import Iterator
 
+from ..atomic_write import replaced_when_done
+
 MIN_DOCUMENT_CHARS = 200
 
 # Well-documented modules of CPython 3.11-3.13, sorted: none that 3.13 removed, no tkinter/idlelib
@@ -136,12 +138,10 @@ def iter_builtin_documents() -> Iterator[str]:
 def write_jsonl(path: str) -> int:
     """Write the corpus to `path` as JSON lines (written beside it, then renamed into place);
     returns the number of documents."""
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
+    with replaced_when_done(path) as (partial,), open(partial, "w", encoding="utf-8") as f:
         count = 0
         for count, text in enumerate(iter_builtin_documents(), 1):
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    os.replace(partial, path)
     return count
 
 

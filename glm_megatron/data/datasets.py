@@ -36,6 +36,8 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import DType
 
+from ..atomic_write import write_atomically
+
 SPLIT_NAMES = ("train", "valid", "test")
 _IDX_MAGIC = b"MMIDIDX\x00\x00"
 _IDX_HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequences, documents
@@ -135,10 +137,7 @@ def largest_token_id(prefix: str, dtype: type, cache_dir: str) -> int:
     chunk = 1 << 26
     largest = max((int(tokens[i:i + chunk].max()) for i in range(0, len(tokens), chunk)),
                   default=-1)
-    tmp = f"{cache}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(str(largest))
-    os.replace(tmp, cache)
+    write_atomically(cache, str(largest).encode())
     return largest
 
 

@@ -8,13 +8,15 @@ preprocess_data.py does) and int32 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import secrets
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+from ..atomic_write import replaced_when_done
 
 
 @dataclass(frozen=True)
@@ -25,21 +27,38 @@ class IndexedDatasetStats:
     dtype: str
 
 
+@contextlib.contextmanager
+def indexed_dataset_builders(prefixes: Sequence[str],
+                             dtype) -> Iterator[list[IndexedDatasetBuilder]]:
+    """One builder per prefix, writing under temporary names. When the block ends without
+    error every .bin and then every .idx is renamed into place, so a reader never finds an .idx
+    whose .bin is unfinished; when it raises, nothing is left under any name."""
+    paths = [p + ".bin" for p in prefixes] + [p + ".idx" for p in prefixes]
+    with replaced_when_done(*paths) as temps:
+        bins, indexes = temps[:len(prefixes)], temps[len(prefixes):]
+        builders = []
+        try:
+            for path in bins:
+                builders.append(IndexedDatasetBuilder(path, dtype=dtype))
+            yield builders
+        except BaseException:
+            for builder in builders:
+                try:
+                    builder.data_file.close()
+                except OSError:  # a full disk fails the flush of the last buffer again
+                    pass
+            raise
+        for builder, index in zip(builders, indexes):
+            builder.finalize(index)
+
+
 def write_indexed_dataset(documents: Iterable[Sequence[int]], output_prefix: str,
                           vocab_size: int, eod: int) -> IndexedDatasetStats:
-    """Write each non-empty token list plus `eod` as one document; returns what was written.
-
-    Both files are written under temporary names and renamed when complete, .bin before .idx, so
-    a reader never finds an .idx whose .bin is unfinished and a killed write leaves nothing under
-    the real names.
-    """
+    """Write each non-empty token list plus `eod` as one document; returns what was written."""
     dtype = DType.optimal_dtype(vocab_size)
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-    suffix = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp_bin, tmp_idx = f"{output_prefix}.bin{suffix}", f"{output_prefix}.idx{suffix}"
     num_documents = num_tokens = 0
-    try:
-        builder = IndexedDatasetBuilder(tmp_bin, dtype=dtype)
+    with indexed_dataset_builders([output_prefix], dtype) as (builder,):
         for tokens in documents:
             if len(tokens) == 0:
                 continue
@@ -50,17 +69,4 @@ def write_indexed_dataset(documents: Iterable[Sequence[int]], output_prefix: str
             builder.add_document(array, [array.size])
             num_documents += 1
             num_tokens += array.size
-        builder.finalize(tmp_idx)
-        for tmp, final in ((tmp_bin, output_prefix + ".bin"), (tmp_idx, output_prefix + ".idx")):
-            _fsync(tmp)
-            os.replace(tmp, final)
-    finally:
-        for tmp in (tmp_bin, tmp_idx):
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return IndexedDatasetStats(output_prefix, num_documents, num_tokens, dtype.__name__)
-
-
-def _fsync(path: str):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import secrets
 import signal
 import sys
 import time
@@ -133,53 +132,6 @@ def _encode(record: Record):
 
 
 # Output ----------------------------------------------------------------------------------------
-class _IndexedWriters:
-    """One megatron-core IndexedDatasetBuilder per output, streaming to temporary files that
-    `commit` renames into place (every .bin, then every .idx) and `abort` removes."""
-
-    def __init__(self, prefixes: Sequence[str], dtype):
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-        suffix = f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        self.prefixes = list(prefixes)
-        self.temps = [(p + ".bin" + suffix, p + ".idx" + suffix) for p in self.prefixes]
-        self.builders = []
-        try:
-            for tmp_bin, _ in self.temps:
-                self.builders.append(IndexedDatasetBuilder(tmp_bin, dtype=dtype))
-        except BaseException:
-            self.abort()
-            raise
-
-    def add(self, index: int, tokens: numpy.ndarray):
-        # One sequence per document, as Megatron-LM's preprocess_data.py writes without
-        # --split-sentences.
-        self.builders[index].add_document(tokens, [tokens.size])
-
-    def commit(self):
-        for builder, (_, tmp_idx) in zip(self.builders, self.temps):
-            builder.finalize(tmp_idx)
-        for paths in self.temps:
-            for path in paths:
-                with open(path, "rb") as f:
-                    os.fsync(f.fileno())
-        # .bin before .idx: a reader never finds a new .idx whose .bin is not in place yet.
-        for ext, position in ((".bin", 0), (".idx", 1)):
-            for prefix, paths in zip(self.prefixes, self.temps):
-                os.replace(paths[position], prefix + ext)
-
-    def abort(self):
-        for builder in self.builders:
-            try:
-                builder.data_file.close()
-            except OSError:  # a full disk fails the flush of the last buffer again
-                pass
-        for paths in self.temps:
-            for path in paths:
-                if os.path.exists(path):
-                    os.unlink(path)
-
-
 # Progress --------------------------------------------------------------------------------------
 class _Progress:
     """A tqdm bar over input bytes (stderr) with documents/s and tokens/s beside it."""
@@ -272,49 +224,51 @@ def preprocess(inputs: Sequence[str], output_prefix: str, tokenizer_model: str,
 
     from megatron.core.datasets.indexed_dataset import DType
 
+    from .indexed import indexed_dataset_builders
+
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     documents, tokens = [0] * len(json_keys), [0] * len(json_keys)
     result = PreprocessResult([], 0)
     errors: list = []
     records = _guarded(iter_records(files, json_keys, text_documents), errors)
     init_args = (tokenizer.model_path, list(json_keys), append_eod, numpy.dtype(dtype).name)
-    writers = _IndexedWriters(prefixes, dtype)
     bar = _Progress(total_bytes(files), progress)
     pool, done = None, False
     try:
-        pool = _start_pool(workers, init_args)
-        results = map(_encode, records) if pool is None else \
-            pool.imap(_encode, records, chunk_size)
-        for outputs, record in results:
-            result.records += 1
-            new_tokens = 0
-            for i, output in enumerate(outputs):
-                if isinstance(output, Skip):
-                    where = (json_keys[i], output.reason)
-                    result.skipped[where] += 1
-                    examples = result.examples.setdefault(where, [])
-                    if len(examples) < EXAMPLES_PER_REASON:
-                        examples.append(f"{files[record.file]}:{record.line}")
-                    continue
-                writers.add(i, output)
-                documents[i] += 1
-                tokens[i] += output.size
-                new_tokens += output.size
-            bar.update(record.nbytes, 1, new_tokens)
-        if errors:
-            raise errors[0]
-        for key, count in zip(json_keys, documents):
-            if count == 0:
-                reasons = ", ".join(f"{n} {reason}" for (k, reason), n in
-                                    result.skipped.most_common() if k == key)
-                raise InputError(f"--input: no document has text under the key {key!r} "
-                                 f"({result.records} read; skipped: {reasons or 'none'}); "
-                                 "check --input and --json-keys")
-        writers.commit()
+        # Inside the try: a failure removes the partial output before the pool is stopped.
+        with indexed_dataset_builders(prefixes, dtype) as builders:
+            pool = _start_pool(workers, init_args)
+            results = map(_encode, records) if pool is None else \
+                pool.imap(_encode, records, chunk_size)
+            for outputs, record in results:
+                result.records += 1
+                new_tokens = 0
+                for i, output in enumerate(outputs):
+                    if isinstance(output, Skip):
+                        where = (json_keys[i], output.reason)
+                        result.skipped[where] += 1
+                        examples = result.examples.setdefault(where, [])
+                        if len(examples) < EXAMPLES_PER_REASON:
+                            examples.append(f"{files[record.file]}:{record.line}")
+                        continue
+                    # One sequence per document, as Megatron-LM's preprocess_data.py writes
+                    # without --split-sentences.
+                    builders[i].add_document(output, [output.size])
+                    documents[i] += 1
+                    tokens[i] += output.size
+                    new_tokens += output.size
+                bar.update(record.nbytes, 1, new_tokens)
+            if errors:
+                raise errors[0]
+            for key, count in zip(json_keys, documents):
+                if count == 0:
+                    reasons = ", ".join(f"{n} {reason}" for (k, reason), n in
+                                        result.skipped.most_common() if k == key)
+                    raise InputError(f"--input: no document has text under the key {key!r} "
+                                     f"({result.records} read; skipped: {reasons or 'none'}); "
+                                     "check --input and --json-keys")
         done = True
     finally:
-        if not done:
-            writers.abort()  # first: whatever happens next, no partial output stays behind
         if pool is not None:
             # Stops the workers at once; waits for the feeder thread's current read (which
             # blocks only on a pipe whose writer is still open).

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..atomic_write import replaced_when_done
 from ..data.sampler import build_data_loader
 from ..parallel.context import ParallelContext
 from .data import FinetuneData, padded_for_evaluation
@@ -158,8 +159,6 @@ def write_predictions(path: str, data: FinetuneData, scores: SplitScores):
     """One JSON line per example, in file order; written whole and renamed into place."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    staging = f"{path}.tmp.{os.getpid()}"
-    with open(staging, "w") as f:
+    with replaced_when_done(path) as (staging,), open(staging, "w") as f:
         for i in range(len(scores.index)):
             f.write(json.dumps(_prediction(data, scores, i)) + "\n")
-    os.replace(staging, path)

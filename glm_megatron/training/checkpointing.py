@@ -64,7 +64,7 @@ def _write(obj, path: str):
 
 def _replace_file(path: str, text: str):
     try:
-        write_atomically(path, text.encode(), tmp=f"{path}.tmp.{os.getpid()}")
+        write_atomically(path, text.encode())
     except OSError as error:
         raise _os_error(path, error) from None
 

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ..atomic_write import TEMPORARY_MARK
 from ..checkpoint_format import (LOCK_FILE, REPLACED_SUFFIX, STAGING_PREFIX, TRACKER,
                                  CheckpointError, iteration_dir, latest_iteration,
                                  saved_iterations)
@@ -185,7 +186,7 @@ def remove_leftovers(root: str) -> list[str]:
     done = []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
-        if name.startswith((STAGING_PREFIX, f"{TRACKER}.tmp.")):
+        if name.startswith((STAGING_PREFIX, TRACKER + TEMPORARY_MARK)):
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
             done.append(f"removed {path}")
         elif name.endswith(REPLACED_SUFFIX):
