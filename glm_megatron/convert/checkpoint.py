@@ -25,7 +25,7 @@ from ..checkpoint_format import (METADATA, MODEL_FILE, TRACKER, CheckpointError,
                                  find_checkpoint, iteration_dir, optimizer_file_name,
                                  rank_dir_name)
 from ..config import ConfigError, GLMConfig
-from ..parallel.layer_split import stage_layer_ranges
+from ..parallel.layer_split import PlacementFlags, stage_layer_ranges, virtual_stage_count
 from ..param_names import OUTPUT_LAYER
 from ..parallel.sharding import shard, unshard
 from .errors import ConversionError
@@ -398,25 +398,25 @@ class CheckpointWriter:
             f.write(str(self.iteration))
 
 
+_TARGET_FLAGS = PlacementFlags("--target-pipeline-parallel-size",
+                               "--target-num-layers-per-virtual-pipeline-stage",
+                               "--target-decoder-first/last-pipeline-num-layers")
+
+
 def pipeline_split(config: GLMConfig, pp: int, layers_per_virtual_stage: Optional[int] = None,
                    first_stage_layers: Optional[int] = None,
                    last_stage_layers: Optional[int] = None) -> dict:
     """CheckpointWriter's layer-placement arguments from pretrain_glm.py's flags (named
     --target-...), checked as pretrain_glm.py checks them."""
+    try:
+        virtual = virtual_stage_count(config.num_layers, pp, layers_per_virtual_stage,
+                                      bool(first_stage_layers or last_stage_layers),
+                                      _TARGET_FLAGS)
+    except ConfigError as error:
+        raise ConversionError(str(error)) from None
     if layers_per_virtual_stage is None:
         return {"first_stage_layers": first_stage_layers, "last_stage_layers": last_stage_layers}
-    if pp == 1:
-        raise ConversionError("--target-num-layers-per-virtual-pipeline-stage needs "
-                              "--target-pipeline-parallel-size > 1")
-    if first_stage_layers or last_stage_layers:
-        raise ConversionError("--target-decoder-first/last-pipeline-num-layers cannot be combined "
-                              "with --target-num-layers-per-virtual-pipeline-stage")
-    if layers_per_virtual_stage < 1 or config.num_layers % (pp * layers_per_virtual_stage):
-        raise ConversionError(
-            f"the model's {config.num_layers} layers are not divisible by "
-            f"--target-pipeline-parallel-size {pp} x --target-num-layers-per-virtual-pipeline-"
-            f"stage {layers_per_virtual_stage}")
-    return {"virtual_stages": config.num_layers // (pp * layers_per_virtual_stage)}
+    return {"virtual_stages": virtual}
 
 
 def tied_copy_needed(config: GLMConfig, head: Head, num_stages: int) -> bool:

@@ -36,6 +36,7 @@ from ..objectives import (BLANK_MODES, BlankInfillingConfig, SpecialTokenIds, bu
                           sentence_end_table)
 from ..parallel.agreement import raised_together
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
+from ..parallel.layer_split import virtual_stage_count
 from ..parallel.random import seed_all
 from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
@@ -100,25 +101,15 @@ def _vocab_size(args, tokenizer: GLMTokenizer, saved: CheckpointMetadata | None)
 
 
 def virtual_stages(args, config: GLMConfig, num_microbatches: int) -> int:
-    per_chunk = args.num_layers_per_virtual_pipeline_stage
-    if per_chunk is None:
-        return 1
     pp = args.pipeline_model_parallel_size
-    if pp == 1:
-        raise ConfigError("--num-layers-per-virtual-pipeline-stage needs "
-                          "--pipeline-model-parallel-size > 1")
-    if args.decoder_first_pipeline_num_layers or args.decoder_last_pipeline_num_layers:
-        raise ConfigError("--decoder-first/last-pipeline-num-layers cannot be combined with "
-                          "--num-layers-per-virtual-pipeline-stage")
-    if config.num_layers % (pp * per_chunk):
-        raise ConfigError(f"--num-layers {config.num_layers} is not divisible by "
-                          f"--pipeline-model-parallel-size {pp} x "
-                          f"--num-layers-per-virtual-pipeline-stage {per_chunk}")
-    if num_microbatches % pp:
+    virtual = virtual_stage_count(
+        config.num_layers, pp, args.num_layers_per_virtual_pipeline_stage,
+        bool(args.decoder_first_pipeline_num_layers or args.decoder_last_pipeline_num_layers))
+    if virtual > 1 and num_microbatches % pp:
         raise ConfigError(f"interleaved pipelining needs the number of micro-batches "
                           f"({num_microbatches}) divisible by --pipeline-model-parallel-size "
                           f"{pp}; adjust --global-batch-size")
-    return config.num_layers // (pp * per_chunk)
+    return virtual
 
 
 def _collator(args, tokenizer: GLMTokenizer):
