@@ -54,6 +54,13 @@ class BlankInfillingPreTrainedModel(PreTrainedModel):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    # The base model (self, or the attribute named base_model_prefix) holds `word_embeddings`.
+    def get_input_embeddings(self):
+        return getattr(self, self.base_model_prefix, self).word_embeddings
+
+    def set_input_embeddings(self, value):
+        getattr(self, self.base_model_prefix, self).word_embeddings = value
+
     def blank_inputs(self, input_ids, position_ids, attention_mask):
         """(position ids [b, 2, s], boolean mask [b, 1, s, s]) as blank_infilling.resolve_inputs
         derives them with this config's special tokens."""

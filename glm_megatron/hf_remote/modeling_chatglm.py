@@ -121,12 +121,6 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
                                         fp16_frequencies=config.rotary_fp16_frequencies)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.word_embeddings = value
-
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, past_key_values=None,
                 return_dict: Optional[bool] = None, **kwargs):
@@ -155,12 +149,6 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel,
         self.lm_head = (None if config.tie_word_embeddings else
                         nn.Linear(config.hidden_size, config.vocab_size, bias=False))
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.transformer.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.transformer.word_embeddings = value
 
     def get_output_embeddings(self):
         return self.lm_head

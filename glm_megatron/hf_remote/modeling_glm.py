@@ -106,12 +106,6 @@ class GLMModel(GLMPreTrainedModel):
         self.transformer = GLMStack(config)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.word_embeddings = value
-
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, past_key_values=None,
                 return_dict: Optional[bool] = None, **kwargs):
@@ -131,12 +125,6 @@ class GLMForConditionalGeneration(GLMPreTrainedModel, BlankInfillingGenerationMi
         super().__init__(config)
         self.glm = GLMModel(config)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.glm.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.glm.word_embeddings = value
 
     def forward(self, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
                 attention_mask: Optional[torch.Tensor] = None, past_key_values=None,

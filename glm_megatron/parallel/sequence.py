@@ -1,7 +1,7 @@
 """Sequence-parallel communication on any device.
 
 megatron-core's sequence-parallel mappings allocate their buffers on the current CUDA device,
-so they cannot run on CPU; these two autograd functions are the device-agnostic equivalents,
+so they cannot run on CPU; these are the device-agnostic equivalents,
 built on torch.distributed's all_gather_into_tensor / reduce_scatter_tensor.
 """
 
@@ -30,52 +30,28 @@ def _own_shard(x: torch.Tensor, group) -> torch.Tensor:
     return x.chunk(size, dim=0)[rank].contiguous()
 
 
-class _GatherSequence(torch.autograd.Function):
-    """[s/tp, ...] -> [s, ...]; backward reduce-scatters the (partial) gradient."""
+class _SequenceCollective(torch.autograd.Function):
+    """`forward_op` on the input, `backward_op` on its gradient (each: (tensor, group) -> tensor)."""
 
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.group), None
-
-
-class _GatherSequenceReplicatedGrad(torch.autograd.Function):
-    """[s/tp, ...] -> [s, ...] for a computation every TP rank repeats identically (so its
-    gradient is already complete): backward keeps this rank's shard."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group)
+    def forward(ctx, x, group, forward_op, backward_op):
+        ctx.group, ctx.backward_op = group, backward_op
+        return forward_op(x, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _own_shard(grad, ctx.group), None
-
-
-class _SplitSequence(torch.autograd.Function):
-    """[s, ...] (replicated) -> this rank's [s/tp, ...]; backward all-gathers."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _own_shard(x, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.group), None
+        return ctx.backward_op(grad, ctx.group), None, None, None
 
 
 def gather_sequence(x: torch.Tensor, group, replicated_grad: bool = False) -> torch.Tensor:
-    """All-gather sequence shards over the TP `group`; `replicated_grad` when every TP rank
-    computes the same function of the result (a replicated head), so gradients need no
-    reduction."""
-    return (_GatherSequenceReplicatedGrad if replicated_grad else _GatherSequence).apply(x, group)
+    """All-gather sequence shards over the TP `group` ([s/tp, ...] -> [s, ...]); the backward
+    reduce-scatters the partial gradients, or, with `replicated_grad` (every TP rank computes the
+    same function of the result, as a replicated head does, so the gradient is already whole),
+    keeps this rank's shard."""
+    return _SequenceCollective.apply(x, group, _all_gather,
+                                     _own_shard if replicated_grad else _reduce_scatter)
 
 
 def split_sequence(x: torch.Tensor, group) -> torch.Tensor:
-    return _SplitSequence.apply(x, group)
+    """This rank's [s/tp, ...] shard of a replicated [s, ...]; the backward all-gathers."""
+    return _SequenceCollective.apply(x, group, _own_shard, _all_gather)
