@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import glm_megatron  # noqa: E402,F401  (quiets megatron-core's import-time warnings)
 from glm_megatron.convert.checkpoint import CheckpointReader  # noqa: E402
+from glm_megatron.convert.cli import checkpoint_tokenizer  # noqa: E402
 from glm_megatron.convert.errors import ConversionError  # noqa: E402
-from glm_megatron.data.tokenizer import GLMTokenizer  # noqa: E402
 from glm_megatron.evaluation import MODES, evaluate_last_word, evaluate_perplexity  # noqa: E402
 from glm_megatron.generation import load_model  # noqa: E402
 from glm_megatron.parallel.context import resolve_device  # noqa: E402
@@ -55,17 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
-
-
-def _tokenizer(args, reader: CheckpointReader) -> GLMTokenizer:
-    path = args.tokenizer_model or reader.tokenizer_path
-    if not path or not os.path.isfile(path):
-        raise ConversionError(f"--tokenizer-model: the run's tokenizer {path!r} is not there; "
-                              "give the SentencePiece .model it trained with")
-    try:
-        return GLMTokenizer(path)
-    except ValueError as error:
-        raise ConversionError(f"--tokenizer-model {error}") from None
 
 
 def _default_mode(reader: CheckpointReader) -> str:
@@ -102,7 +91,7 @@ def main(argv=None) -> int:
     tasks = args.task or list(TASKS)
     try:
         reader = CheckpointReader(args.load, args.iteration, flag="--load")
-        tokenizer = _tokenizer(args, reader)
+        tokenizer = checkpoint_tokenizer(reader, args.tokenizer_model)
         mode = args.mode or _default_mode(reader)
         model = load_model(reader, resolve_device(args.device))
         results = {"checkpoint": os.path.abspath(args.load), "iteration": reader.iteration,

@@ -1,9 +1,11 @@
-"""What the tools in tools/checkpoint share: help formatting, the layer-placement flags of the
-checkpoint they write, and turning a ConversionError into one line and exit status 2."""
+"""What the tools that read or write checkpoints share: help formatting, the layer-placement
+flags of the checkpoint they write, the run's tokenizer, and turning a ConversionError into one
+line and exit status 2."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -42,6 +44,21 @@ def check_positive(args, *names: str):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConversionError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def checkpoint_tokenizer(reader, tokenizer_model=None):
+    """The tokenizer a checkpoint's run trained with (`reader`: a CheckpointReader), or the
+    --tokenizer-model given instead."""
+    from ..data.tokenizer import GLMTokenizer
+
+    path = tokenizer_model or reader.tokenizer_path
+    if not path or not os.path.isfile(path):
+        raise ConversionError(f"--tokenizer-model: the run's tokenizer {path!r} is not there; "
+                              "give the SentencePiece .model it trained with")
+    try:
+        return GLMTokenizer(path)
+    except ValueError as error:
+        raise ConversionError(f"--tokenizer-model {error}") from None
 
 
 def run(body: Callable[[], None]) -> int:
