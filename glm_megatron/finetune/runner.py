@@ -29,6 +29,7 @@ from ..model.options import ExecutionOptions
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
 from ..parallel.schedules import get_forward_backward_func
+from ..data.tokenizer_record import tokenizer_record
 from ..training import checkpointing, run_records
 from ..training.checkpointing import CheckpointError, TrainingState
 from ..training.metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard
@@ -210,7 +211,7 @@ def _records(job: FinetuneJob) -> dict:
                       global_batch_size=args.global_batch_size,
                       micro_batch_size=args.micro_batch_size,
                       prepend_cls=job.settings.prepend_cls)
-    return {"tokenizer": run_records.tokenizer_record(job.pretrained.tokenizer), "data": data,
+    return {"tokenizer": tokenizer_record(job.pretrained.tokenizer), "data": data,
             "schedule": run_records.schedule_record(args),
             "precision": run_records.precision(args), "finetune": job.settings.to_dict()}
 

@@ -24,11 +24,12 @@ from .. import arguments
 from ..checkpoint_format import CheckpointMetadata, Layout
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
-from ..data.datasets import DataError, build_datasets, split_weights
+from ..data.datasets import DataError, build_datasets, parse_data_path, split_weights
 from ..data.inputs import InputError
 from ..data.preprocess import load_tokenizer
 from ..data.sampler import build_data_loader
 from ..data.tokenizer import GLMTokenizer, padded_vocab_size
+from ..data.tokenizer_record import dataset_tokenizer, record_path, tokenizer_record
 from ..model.builder import build_model_chunks
 from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
@@ -66,11 +67,20 @@ def microbatches_per_rank(args, ctx: ParallelContext) -> int:
 
 
 def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
-    if args.data_path is None or args.tokenizer_model is None:
-        builtin_prefix, builtin_tokenizer = ensure_builtin_data()
-    data_path = args.data_path if args.data_path is not None else [builtin_prefix]
+    """--data-path (default: the built-in corpus) and its tokenizer: --tokenizer-model, which
+    must be the one the data records, or else the recorded one."""
+    data_path = args.data_path if args.data_path is not None else [ensure_builtin_data()[0]]
+    prefixes = parse_data_path(data_path)[0]
     try:
-        return data_path, load_tokenizer(args.tokenizer_model or builtin_tokenizer)
+        # A tokenizer given is checked for itself before it is compared with the data's.
+        given = load_tokenizer(args.tokenizer_model) if args.tokenizer_model else None
+        model = dataset_tokenizer(prefixes, args.tokenizer_model)
+        if model is None:
+            raise ConfigError(f"--data-path {prefixes[0]} does not record its tokenizer (no "
+                              f"{record_path(prefixes[0])}: not written by "
+                              "tools/preprocess_data.py); give --tokenizer-model the "
+                              "SentencePiece model it was preprocessed with")
+        return data_path, given or load_tokenizer(model)
     except InputError as error:  # missing, not SentencePiece, or unusable for GLM
         raise ConfigError(str(error)) from None
 
@@ -242,7 +252,7 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
                                 args.decoder_first_pipeline_num_layers,
                                 args.decoder_last_pipeline_num_layers),
-               "tokenizer": run_records.tokenizer_record(tokenizer),
+               "tokenizer": tokenizer_record(tokenizer),
                "data": run_records.data_record(args, data_path),
                "schedule": run_records.schedule_record(args),
                "precision": run_records.precision(args)}
