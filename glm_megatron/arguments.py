@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Optional, Sequence
 
 from . import objectives
@@ -14,7 +15,7 @@ from .config import ConfigError, GLMConfig
 from .presets import PRESETS, PRETRAINING_RECIPES, preset_names
 
 DEFAULT_PRESET = "glm4-small"
-# Where the built-in run (no --data-path) writes when --save / --tensorboard-dir are not given.
+# Where the run without arguments saves and logs (and resumes from, when run again).
 BUILTIN_RUN_DIR = "runs/builtin"
 
 _BOOL = argparse.BooleanOptionalAction
@@ -189,6 +190,9 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
     g.add_argument("--override-tokenizer", action="store_true",
                    help="on --load, accept a --tokenizer-model other than the checkpoint's")
     if pretraining:  # finetune_glm.py starts from --pretrained-checkpoint instead
+        g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                       help="with --load: stop when it holds no checkpoint instead of starting "
+                            "from scratch")
         g.add_argument("--finetune", action="store_true",
                        help="load weights only; start at iteration 0 with fresh optimizer and "
                             "data")
@@ -296,9 +300,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     check_shared_arguments(args)
     set_schedule_defaults(args)
-    if args.data_path is None:
-        args.save = args.save or f"{BUILTIN_RUN_DIR}/checkpoints"
-        args.tensorboard_dir = args.tensorboard_dir or f"{BUILTIN_RUN_DIR}/tensorboard"
+    if not (sys.argv[1:] if argv is None else argv):
+        # Only the run without arguments has folders of its own, which it continues on the
+        # next such run; any other run saves nothing without --save (as Megatron-LM), so two
+        # experiments never share a checkpoint or TensorBoard folder unasked.
+        args.save = f"{BUILTIN_RUN_DIR}/checkpoints"
+        args.tensorboard_dir = f"{BUILTIN_RUN_DIR}/tensorboard"
     return args
 
 

@@ -153,24 +153,21 @@ def _execution_options(args, length: int) -> ExecutionOptions:
 
 
 def _saved_checkpoint(args) -> CheckpointMetadata | None:
+    """The metadata of the checkpoint --load names; None (said) when the folder holds none.
+    A --load that does not exist is a typo, never a fresh start."""
     if not args.load:
         return None
-    metadata = (checkpointing.read_metadata(args.load, args.ckpt_step)
-                if os.path.isdir(args.load) else None)
+    if not os.path.isdir(args.load):
+        raise ConfigError(f"--load {args.load} does not exist; give the --save folder of an "
+                          "earlier run, or leave --load out to start from scratch")
+    metadata = checkpointing.read_metadata(args.load, args.ckpt_step)
     if metadata is None:
+        if args.exit_on_missing_checkpoint:
+            raise ConfigError(f"--load {args.load} holds no checkpoint (no "
+                              f"{checkpointing.TRACKER}) and --exit-on-missing-checkpoint is "
+                              "given")
         log(f"no checkpoint found in --load {args.load}: starting from scratch")
     return metadata
-
-
-def _check_config_matches(config: GLMConfig, saved: CheckpointMetadata | None, args):
-    if saved is None:
-        return
-    differing = {k: (v, config.to_dict().get(k)) for k, v in saved.config.items()
-                 if config.to_dict().get(k) != v}
-    if differing:
-        details = ", ".join(f"{k}: saved {a}, flags {b}" for k, (a, b) in differing.items())
-        raise ConfigError(f"--load {args.load} holds a different architecture ({details}); "
-                          "pass the same --model-preset and architecture flags")
 
 
 def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
@@ -247,7 +244,6 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     saved = _saved_checkpoint(args)
     config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
-    _check_config_matches(config, saved, args)
     virtual = virtual_stages(args, config, num_microbatches)
     records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
                                 args.decoder_first_pipeline_num_layers,
@@ -257,9 +253,10 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
                "schedule": run_records.schedule_record(args),
                "precision": run_records.precision(args)}
     if saved is not None:
-        check_resume(args.load, saved, args, data=records["data"], schedule=records["schedule"],
-                     tokenizer_path=tokenizer.model_path,
-                     tokenizer_sha256=records["tokenizer"].sha256)
+        check_resume(args.load, saved, args, config=config.to_dict(), data=records["data"],
+                     schedule=records["schedule"], tokenizer_path=tokenizer.model_path,
+                     tokenizer_sha256=records["tokenizer"].sha256,
+                     flag="--save" if getattr(args, "load_from_save", False) else "--load")
     # Every evaluation reads the same first validation samples, so losses are comparable.
     eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
     datasets = build_datasets(
@@ -411,6 +408,11 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
     tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
     stopping = None
+    if progress.iteration >= stop_at:
+        log(f"iteration {progress.iteration} already reached (--train-iters {args.train_iters}"
+            f"{f', --exit-interval {args.exit_interval}' if args.exit_interval else ''}): "
+            "nothing to train; raise --train-iters (with --override-opt_param-scheduler) to "
+            "train on")
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
     while progress.iteration < stop_at and stopping is None:
@@ -437,9 +439,20 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
 RUN_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, TrainingDiverged)
 
 
+def _announce_run_directories(args):
+    """First of all, what the run continues or keeps: rank 0 speaks for the job."""
+    resumed = save_directory.resume_from_save(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if resumed:
+            print_line(resumed)
+        elif not args.save:
+            print_line("no --save: this run keeps no checkpoint")
+
+
 def pretrain(argv=None) -> TrainingState:
     started = time.time()  # --exit-duration-in-mins counts from here, set-up included
     args = arguments.parse_args(argv)
+    _announce_run_directories(args)
     exits = ExitConditions(handle_signals=args.exit_signal_handler,
                            duration_minutes=args.exit_duration_in_mins, started=started)
     together = False

@@ -1,0 +1,64 @@
+"""Run directories: the run without arguments keeps its own folders, any other saves only to
+--save; a --save holding a checkpoint is continued, unless it is another experiment's; a
+--load that does not exist is an error."""
+
+import argparse
+import re
+
+import pytest
+
+from cli import QUICK, run_pretrain
+from glm_megatron.arguments import parse_args
+from glm_megatron.config import ConfigError
+from glm_megatron.training.pretrain import _saved_checkpoint
+from glm_megatron.training.save_directory import resume_from_save
+
+
+def test_only_the_run_without_arguments_uses_the_builtin_folders():
+    default = parse_args([])
+    assert (default.save, default.tensorboard_dir) == ("runs/builtin/checkpoints",
+                                                       "runs/builtin/tensorboard")
+    flagged = parse_args(["--train-iters", "3"])
+    assert (flagged.save, flagged.tensorboard_dir) == (None, None)
+
+
+def test_a_save_folder_with_a_checkpoint_is_continued(tmp_path):
+    args = argparse.Namespace(save=str(tmp_path), load=None)
+    assert resume_from_save(args) is None and args.load is None  # nothing there yet
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("7")
+    assert resume_from_save(args).startswith(f"resuming from iteration 7 in --save {tmp_path}")
+    assert args.load == str(tmp_path) and args.load_from_save
+    explicit = argparse.Namespace(save=str(tmp_path), load="elsewhere")
+    assert resume_from_save(explicit) is None and explicit.load == "elsewhere"
+
+
+def _load(path, exit_on_missing=False):
+    return argparse.Namespace(load=str(path), ckpt_step=None,
+                              exit_on_missing_checkpoint=exit_on_missing)
+
+
+def test_a_load_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=f"--load {tmp_path}/typo does not exist"):
+        _saved_checkpoint(_load(tmp_path / "typo"))
+    assert _saved_checkpoint(_load(tmp_path)) is None  # empty: from scratch, said
+    with pytest.raises(ConfigError, match="holds no checkpoint .* --exit-on-missing-checkpoint"):
+        _saved_checkpoint(_load(tmp_path, exit_on_missing=True))
+
+
+def test_rerunning_continues_and_another_experiment_is_refused(tmp_path):
+    save = str(tmp_path / "run")
+    first = run_pretrain(QUICK + ["--train-iters", "2", "--save", save])
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_pretrain(QUICK + ["--train-iters", "3", "--override-opt_param-scheduler",
+                                  "--save", save])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.splitlines()[0].endswith(
+        f"resuming from iteration 2 in --save {save}, which holds this run's checkpoint "
+        "(--load is implied; give another --save to start afresh)")
+    assert re.findall(r"iteration\s+(\d+)/", again.stdout) == ["3"]
+    other = run_pretrain(QUICK + ["--train-iters", "2", "--hidden-size", "32", "--save", save])
+    assert other.returncode == 2
+    errors = [line for line in other.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"pretrain_glm.py: error: --save {save}: the checkpoint is of another architecture "
+        "(--hidden-size 32 (checkpoint: 64)"), other.stderr[-2000:]
