@@ -11,10 +11,10 @@ import sys
 from typing import Optional, Sequence
 
 from . import objectives
-from .config import ConfigError, GLMConfig
-from .presets import PRESETS, PRETRAINING_RECIPES, preset_names
+from .config import ConfigError
+from .effective_config import DEFAULT_PRESET, apply_recipe
+from .presets import preset_names
 
-DEFAULT_PRESET = "glm4-small"
 # Where the run without arguments saves and logs (and resumes from, when run again).
 BUILTIN_RUN_DIR = "runs/builtin"
 
@@ -23,8 +23,12 @@ _BOOL = argparse.BooleanOptionalAction
 
 def _model_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("model (a --model-preset fills these; explicit flags override)")
-    g.add_argument("--model-preset", default=DEFAULT_PRESET, choices=preset_names(),
-                   help=f"architecture preset (default {DEFAULT_PRESET})")
+    g.add_argument("--model-preset", choices=preset_names(),
+                   help=f"architecture preset (default: {DEFAULT_PRESET}, or the checkpoint's "
+                        "architecture when one is loaded and no architecture flag is given)")
+    g.add_argument("--use-checkpoint-args", action=_BOOL,
+                   help="take the architecture from the checkpoint --load holds (default: when "
+                        "it holds one and no architecture flag is given)")
     g.add_argument("--num-layers", type=int)
     g.add_argument("--hidden-size", type=int)
     g.add_argument("--ffn-hidden-size", type=int)
@@ -291,59 +295,30 @@ def set_schedule_defaults(args: argparse.Namespace):
         args.lr_warmup_iters = args.lr_decay_iters // 10
 
 
+def given_flags(argv: Sequence[str]) -> list[str]:
+    """The destinations of the flags on the command line (sorted): a parser whose every
+    default is 'absent' keeps only those."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return sorted(vars(parser.parse_args(argv)))
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
-    the defaults of the flags it names, so explicit flags still win."""
-    parser = build_parser()
-    preset = parser.parse_known_args(argv)[0].model_preset
-    parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
-    args = parser.parse_args(argv)
+    the defaults of the flags it names, so explicit flags still win. Beside the flags: the
+    destinations given (given_flags) and what the recipe set (implied); the architecture is
+    resolved later, with the checkpoint in view (effective_config.architecture)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.given_flags = given_flags(argv)
+    args.implied = apply_recipe(args, set(args.given_flags))
     check_shared_arguments(args)
     set_schedule_defaults(args)
-    if not (sys.argv[1:] if argv is None else argv):
+    if not argv:
         # Only the run without arguments has folders of its own, which it continues on the
         # next such run; any other run saves nothing without --save (as Megatron-LM), so two
         # experiments never share a checkpoint or TensorBoard folder unasked.
         args.save = f"{BUILTIN_RUN_DIR}/checkpoints"
         args.tensorboard_dir = f"{BUILTIN_RUN_DIR}/tensorboard"
     return args
-
-
-# Flag -> GLMConfig field for flags that map one to one.
-_DIRECT = ["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-           "num_query_groups", "kv_channels", "max_position_embeddings", "normalization",
-           "norm_epsilon", "position_embedding_type", "block_position_encoding", "rotary_percent",
-           "rotary_interleaved", "rotary_base", "openai_gelu", "add_qkv_bias",
-           "untie_embeddings_and_output_weights", "apply_residual_connection_post_layernorm",
-           "deepnorm", "post_sublayer_norms", "hidden_dropout", "attention_dropout",
-           "init_method_std", "embedding_gradient_shrink_alpha", "rotary_fp16_frequencies"]
-
-
-def model_config(args: argparse.Namespace, vocab_size: int) -> GLMConfig:
-    """The preset's values, overridden by every architecture flag given explicitly."""
-    values = dict(PRESETS[args.model_preset])
-    values.update({k: getattr(args, k) for k in _DIRECT if getattr(args, k) is not None})
-    if args.group_query_attention is False:
-        values["num_query_groups"] = None
-    elif args.group_query_attention and args.num_query_groups is None and (
-            "num_query_groups" not in values):
-        raise ConfigError("--group-query-attention needs --num-query-groups")
-    if args.swiglu is not None or args.geglu is not None:
-        values["activation"] = "swiglu" if args.swiglu else "geglu" if args.geglu else "gelu"
-    if args.disable_bias_linear is not None:
-        values["add_bias_linear"] = not args.disable_bias_linear
-    rope = values.get("position_embedding_type", GLMConfig.position_embedding_type) == "rope"
-    room = 2 * values.get("rotary_percent", GLMConfig.rotary_percent) <= 1.0
-    if args.objective != "causal" and rope and room and args.block_position_encoding is None:
-        # ChatGLM2/3 and GLM-4 have no block positions of their own: GLM's objectives feed the
-        # block ids to the next rotary slice of the head, as ChatGLM-6B does, unless
-        # --no-block-position, which leaves the architecture (and its exports) unchanged.
-        # GLM-130B rotates the whole head with 1D positions: nothing is left for block ids.
-        values["block_position_encoding"] = not args.no_block_position
-    values["vocab_size"] = vocab_size
-    config = GLMConfig(**values)
-    if args.seq_length > config.max_position_embeddings:
-        raise ConfigError(
-            f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
-            f"{config.max_position_embeddings}; shorten the sequence or raise the maximum")
-    return config

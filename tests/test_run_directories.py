@@ -62,3 +62,11 @@ def test_rerunning_continues_and_another_experiment_is_refused(tmp_path):
     assert len(errors) == 1 and errors[0].startswith(
         f"pretrain_glm.py: error: --save {save}: the checkpoint is of another architecture "
         "(--hidden-size 32 (checkpoint: 64)"), other.stderr[-2000:]
+    assert errors[0].endswith("or pass --model-preset chatglm3-tiny")
+    # No architecture flag: the checkpoint's architecture (--use-checkpoint-args implied).
+    bare = [flag for flag in QUICK if flag not in ("--model-preset", "chatglm3-tiny")]
+    continued = run_pretrain(bare + ["--train-iters", "1", "--load", save, "--finetune",
+                                     "--save", str(tmp_path / "continued")])
+    assert continued.returncode == 0, continued.stderr[-2000:]
+    assert "implied: architecture from the checkpoint in --load" in continued.stdout
+    assert "model chatglm3-tiny: 2 layers x 64" in continued.stdout

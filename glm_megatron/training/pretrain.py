@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from .. import arguments
-from ..checkpoint_format import CheckpointMetadata, Layout
+from .. import arguments, effective_config
+from ..checkpoint_format import CheckpointMetadata, Layout, recorded_tokenizer
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
 from ..data.datasets import DataError, build_datasets, parse_data_path, split_weights
@@ -36,6 +36,7 @@ from ..model.options import ExecutionOptions
 from ..objectives import (BLANK_MODES, BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
 from ..parallel.agreement import raised_together
+from ..presets import matching_preset
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
 from . import checkpointing, run_records, save_directory
@@ -66,15 +67,20 @@ def microbatches_per_rank(args, ctx: ParallelContext) -> int:
     return args.global_batch_size // per_step
 
 
-def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
+def _resolve_data(args, saved: CheckpointMetadata | None = None
+                  ) -> tuple[list[str], GLMTokenizer]:
     """--data-path (default: the built-in corpus) and its tokenizer: --tokenizer-model, which
-    must be the one the data records, or else the recorded one."""
+    must be the one the data records; else the recorded one; else, for data without a record,
+    the tokenizer of the checkpoint being loaded (the resume checks compare it with the
+    checkpoint's in every case)."""
     data_path = args.data_path if args.data_path is not None else [ensure_builtin_data()[0]]
     prefixes = parse_data_path(data_path)[0]
     try:
         # A tokenizer given is checked for itself before it is compared with the data's.
         given = load_tokenizer(args.tokenizer_model) if args.tokenizer_model else None
         model = dataset_tokenizer(prefixes, args.tokenizer_model)
+        if model is None and saved is not None:
+            model = recorded_tokenizer(saved)
         if model is None:
             raise ConfigError(f"--data-path {prefixes[0]} does not record its tokenizer (no "
                               f"{record_path(prefixes[0])}: not written by "
@@ -238,11 +244,16 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
     _check_validation_split(args)
-    data_path, tokenizer = _resolve_data(args)
+    saved = _saved_checkpoint(args)
+    architecture, implied = effective_config.architecture(
+        args, set(args.given_flags), saved.config if saved is not None else None)
+    for line in args.implied + implied:
+        log(f"implied: {line}")
+    data_path, tokenizer = _resolve_data(args, saved)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
-    saved = _saved_checkpoint(args)
-    config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
+    config = effective_config.model_config(args, architecture,
+                                           _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
     virtual = virtual_stages(args, config, num_microbatches)
     records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
@@ -287,7 +298,8 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
+    preset = args.model_preset or matching_preset(config.to_dict()) or "(custom)"
+    log(f"model {preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
     job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records)
     if saved is not None and not args.finetune:
