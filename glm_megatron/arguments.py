@@ -307,10 +307,12 @@ def given_flags(argv: Sequence[str]) -> list[str]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
     the defaults of the flags it names, so explicit flags still win. Beside the flags: the
-    destinations given (given_flags) and what the recipe set (implied); the architecture is
+    command line (argv), the destinations given (given_flags) and what the recipe set
+    (implied); the architecture is
     resolved later, with the checkpoint in view (effective_config.architecture)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     args.given_flags = given_flags(argv)
     args.implied = apply_recipe(args, set(args.given_flags))
     check_shared_arguments(args)

@@ -3,11 +3,13 @@
 --load that does not exist is an error."""
 
 import argparse
+import os
 import re
+import signal
 
 import pytest
 
-from cli import QUICK, run_pretrain
+from cli import QUICK, run_pretrain, start_pretrain, wait_for_line
 from glm_megatron.arguments import parse_args
 from glm_megatron.config import ConfigError
 from glm_megatron.training.pretrain import _saved_checkpoint
@@ -70,3 +72,21 @@ def test_rerunning_continues_and_another_experiment_is_refused(tmp_path):
     assert continued.returncode == 0, continued.stderr[-2000:]
     assert "implied: architecture from the checkpoint in --load" in continued.stdout
     assert "model chatglm3-tiny: 2 layers x 64" in continued.stdout
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
+    save, log = str(tmp_path / "run"), str(tmp_path / "log.txt")
+    flags = QUICK + ["--train-iters", "100000", "--save-interval", "2", "--save", save]
+    run = start_pretrain(flags, log)
+    try:
+        wait_for_line(log, r"saved checkpoint at iteration 2 ", run)
+    finally:
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+        status = run.wait(timeout=120)
+    output = open(log).read()
+    assert status == 130 and "Traceback" not in output, output[-3000:]
+    (line,) = [line for line in output.splitlines() if "interrupted" in line]
+    saved = int(open(os.path.join(save, "latest_checkpointed_iteration.txt")).read())
+    assert re.fullmatch(rf"pretrain_glm.py: interrupted at iteration \d+; the last saved "
+                        rf"iteration is {saved} in {save}; resume with: python "
+                        rf"pretrain_glm.py .*--save {save}", line), line

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import itertools
 import os
+import shlex
 import time
 from dataclasses import dataclass
 
@@ -21,7 +22,8 @@ import torch.distributed as dist
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from .. import arguments, effective_config
-from ..checkpoint_format import CheckpointMetadata, Layout, recorded_tokenizer
+from ..checkpoint_format import (CheckpointMetadata, Layout, latest_iteration,
+                                 recorded_tokenizer)
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
 from ..data.datasets import DataError, build_datasets, parse_data_path, split_weights
@@ -461,13 +463,49 @@ def _announce_run_directories(args):
             print_line("no --save: this run keeps no checkpoint")
 
 
-def pretrain(argv=None) -> TrainingState:
+class Interrupted(Exception):
+    """Ctrl-C: the message says where the run stopped, what was saved and how to resume."""
+
+
+# Flags a resume command leaves out: --save continues its own checkpoint.
+_NOT_RESUMED = {"--load": 1, "--ckpt-step": 1, "--finetune": 0}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run from its --save: the same flags, less those that
+    chose another starting point."""
+    kept, skip = [], 0
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip -= 1
+        elif name in _NOT_RESUMED:
+            skip = _NOT_RESUMED[name] if "=" not in arg else 0
+        else:
+            kept.append(arg)
+    launcher = "python" if int(os.environ.get("WORLD_SIZE", "1")) == 1 else \
+        f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')}"
+    return shlex.join([*launcher.split(), "pretrain_glm.py", *kept])
+
+
+def _interrupted(args, progress: TrainingState | None, argv: list[str]) -> Interrupted:
+    where = f"interrupted at iteration {progress.iteration}" if progress else \
+        "interrupted during set-up"
+    saved = latest_iteration(args.save) if args.save and os.path.isdir(args.save) else None
+    if saved is None:
+        return Interrupted(f"{where}; nothing saved" + ("" if args.save else " (no --save)"))
+    return Interrupted(f"{where}; the last saved iteration is {saved} in {args.save}; resume "
+                       f"with: {resume_command(argv)}")
+
+
+def pretrain(args: argparse.Namespace | None = None) -> TrainingState:
+    """The whole job for parsed flags (arguments.parse_args; default: sys.argv's)."""
     started = time.time()  # --exit-duration-in-mins counts from here, set-up included
-    args = arguments.parse_args(argv)
+    args = args if args is not None else arguments.parse_args()
     _announce_run_directories(args)
     exits = ExitConditions(handle_signals=args.exit_signal_handler,
                            duration_minutes=args.exit_duration_in_mins, started=started)
-    together = False
+    together, progress = False, None
     try:
         with exits, contextlib.ExitStack() as cleanup:
             job, progress = setup(args, cleanup)
@@ -477,5 +515,7 @@ def pretrain(argv=None) -> TrainingState:
     except RUN_ERRORS:
         together = True
         raise
+    except KeyboardInterrupt:
+        raise _interrupted(args, progress, args.argv) from None
     finally:
         shutdown(barrier=together)
