@@ -6,13 +6,14 @@ Architecture flags default to None so that `--model-preset` fills them and expli
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from typing import Optional, Sequence
 
 from . import objectives
 from .config import ConfigError
-from .effective_config import DEFAULT_PRESET, apply_recipe
+from .effective_config import ARCHITECTURE_FLAGS, DEFAULT_PRESET, apply_recipe
 from .presets import preset_names
 
 # Where the run without arguments saves and logs (and resumes from, when run again).
@@ -36,7 +37,8 @@ def _model_args(parser: argparse.ArgumentParser):
     g.add_argument("--group-query-attention", action=_BOOL,
                    help="use --num-query-groups key/value groups (GQA)")
     g.add_argument("--num-query-groups", type=int)
-    g.add_argument("--kv-channels", type=int, help="head dimension")
+    g.add_argument("--kv-channels", type=int,
+                   help="head dimension (default: from --model-preset, else hidden size / heads)")
     g.add_argument("--max-position-embeddings", type=int)
     g.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"])
     g.add_argument("--norm-epsilon", type=float)
@@ -163,7 +165,9 @@ def _data_args(parser: argparse.ArgumentParser):
                    help="PREFIX, or a weighted blend W1 PREFIX1 W2 PREFIX2 ...; default: the "
                         "built-in corpus (Python's own documentation)")
     g.add_argument("--split", default="969,30,1", help="train,valid,test weights")
-    g.add_argument("--tokenizer-model", help="SentencePiece model; default: the built-in one")
+    g.add_argument("--tokenizer-model",
+                   help="SentencePiece model (default: the one the data records, else the "
+                        "checkpoint's)")
     g.add_argument("--num-workers", type=int, default=2,
                    help="DataLoader workers per rank; they read and collate the micro-batches "
                         "(0: in the training process)")
@@ -171,8 +175,11 @@ def _data_args(parser: argparse.ArgumentParser):
 
 def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: bool = True):
     g = parser.add_argument_group("checkpointing")
-    g.add_argument("--save", help="checkpoint directory")
-    g.add_argument("--load", help="resume from this checkpoint directory")
+    g.add_argument("--save", help="checkpoint directory; a run continues the checkpoint it "
+                                  "holds (default: none, nothing is saved; the run without "
+                                  "arguments: runs/builtin/checkpoints)")
+    g.add_argument("--load", help="resume from this checkpoint directory (default: the "
+                                  "checkpoint --save holds, if any)")
     g.add_argument("--ckpt-step", type=int,
                    help="with --load: the iteration to load instead of the tracker's latest "
                         "(e.g. the complete one an error about a damaged checkpoint names)")
@@ -212,14 +219,62 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
     g.add_argument("--eval-interval", type=int, default=50)
     if pretraining:  # finetuning evaluates the whole validation set
         g.add_argument("--eval-iters", type=int, default=5)
-    g.add_argument("--tensorboard-dir")
+    g.add_argument("--tensorboard-dir", help="TensorBoard logs (default: none, no logs; the "
+                                             "run without arguments: runs/builtin/tensorboard)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default once, at the end of its help: the value, 'from --model-preset' for
+    what a preset fills, or nothing more when the help states its default itself."""
+
+    _NO_HELP = "\x00"
+
+    def _format_action(self, action):
+        if action.option_strings and not (action.help and action.help.strip()):
+            action = copy.copy(action)  # flags without help text still show their default
+            action.help = self._NO_HELP
+        return super()._format_action(action)
+
+    def _get_help_string(self, action) -> str:
+        text = "" if action.help == self._NO_HELP else action.help
+        if action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.dest in PRESET_FILLED:
+            default = "from --model-preset"
+        elif action.default is None:
+            default = "none"
+        elif action.default is False and action.nargs == 0:
+            default = "off"
+        else:
+            default = "%(default)s"
+        return f"{text} (default: {default})".lstrip()
+
+
+# Architecture flags whose default is the preset's value.
+PRESET_FILLED = set(ARCHITECTURE_FLAGS) - {"model_preset", "vocab_size"}
+
+EXAMPLES = """examples:
+  python pretrain_glm.py
+      the built-in run: Python's documentation, glm4-small, 100 iterations, saved to
+      runs/builtin/checkpoints; run again, it continues from there
+  torchrun --nproc_per_node 4 pretrain_glm.py --tensor-model-parallel-size 2 \\
+      --model-preset chatglm3-tiny --train-iters 200 --save runs/tp2
+      TP 2 x DP 2 on one machine; the same command again resumes from runs/tp2
+  python pretrain_glm.py --objective blank-infilling --model-preset glm-large --bf16 \\
+      --data-path data/corpus_text_document --save runs/glm-large
+      GLM's blank infilling on your own data (tools/preprocess_data.py wrote it and recorded
+      its tokenizer)
+  python pretrain_glm.py --load runs/builtin/checkpoints --finetune --save runs/continued
+      continue from a checkpoint (architecture and tokenizer from its metadata)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pretrain_glm.py",
-        description="Pretrain a GLM model. Run with torchrun for several processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="pretrain_glm.py", usage="%(prog)s [-h] [FLAGS]  (torchrun ... pretrain_glm.py "
+        "[FLAGS] for several processes)",
+        description="Pretrain a GLM model (Megatron-LM's flag names).", epilog=EXAMPLES,
+        formatter_class=HelpFormatter)
     for add in (_model_args, _training_args, objectives.add_arguments, _optimizer_args,
                 _parallel_args, _data_args, _checkpoint_and_logging_args):
         add(parser)
