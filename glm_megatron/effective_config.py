@@ -125,3 +125,32 @@ def model_config(args: argparse.Namespace, values: dict, vocab_size: int) -> GLM
             f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
             f"{config.max_position_embeddings}; shorten the sequence or raise the maximum")
     return config
+
+
+# What parse_args adds beside the flags; not configuration.
+_BOOKKEEPING = {"argv", "given_flags", "implied", "load_from_save"}
+_TITLE, _END = " arguments ", " end of arguments "
+
+
+def effective_arguments(args: argparse.Namespace, config: GLMConfig, **resolved) -> dict:
+    """Every setting the run uses, by flag destination: the flags, with the architecture as
+    resolved (the model config's fields in place of the architecture flags) and `resolved`
+    inputs (data_path, tokenizer_model) in place of their flags."""
+    values = {k: v for k, v in vars(args).items()
+              if k not in _BOOKKEEPING and k not in ARCHITECTURE_FLAGS}
+    values.update(config.to_dict())
+    values["model_preset"] = args.model_preset
+    values.update(resolved)
+    return dict(sorted(values.items()))
+
+
+def format_arguments(values: dict, implied: list[str]) -> str:
+    """Megatron-LM's argument block: one setting per line, then what was implied."""
+    width = 48
+    lines = [f"{_TITLE:-^60}"]
+    for name, value in values.items():
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        lines.append(f"  {name} {'.' * max(3, width - len(name))} {shown}")
+    lines += [f"  implied: {line}" for line in implied]
+    lines.append(f"{_END:-^60}")
+    return "\n".join(lines)

@@ -1,6 +1,8 @@
 """Each implication documented in glm_megatron/effective_config.py, asserted: what a preset, its
 recipe, the objective and a checkpoint imply, and that each is said."""
 
+import re
+
 import pytest
 
 from glm_megatron.arguments import parse_args
@@ -85,3 +87,44 @@ def test_6_activation_and_bias_flags():
     assert _resolve(["--no-swiglu"])[1]["activation"] == "gelu"
     assert _resolve(["--model-preset", "glm-tiny", "--disable-bias-linear"])[1][
         "add_bias_linear"] is False
+
+
+def test_the_effective_configuration_block():
+    from glm_megatron.effective_config import effective_arguments, format_arguments
+    args = parse_args(["--objective", "prefix-lm", "--micro-batch-size", "2"])
+    values, notes = architecture(args, set(args.given_flags), None)
+    config = GLMConfig(**values, vocab_size=8064)
+    text = format_arguments(effective_arguments(args, config, data_path=["/d/x"]), notes)
+    lines = text.splitlines()
+    assert lines[0] == "-" * 24 + " arguments " + "-" * 25 and "end of arguments" in lines[-1]
+    settings = dict((line.split()[0], line.split()[-1]) for line in lines[1:-1]
+                    if not line.startswith("  implied:"))
+    assert settings["micro_batch_size"] == "2" and settings["block_position_encoding"] == "True"
+    assert settings["num_query_groups"] == "2" and settings["data_path"] == "/d/x"
+    assert "swiglu" not in settings and "given_flags" not in settings  # resolved, not raw
+    assert lines[-2].startswith("  implied: --block-position-encoding (--objective prefix-lm")
+
+
+def test_start_up_output_and_tensorboard_text(tmp_path):
+    """At TP 2: the total parameter count is the single-process model's, the block is printed
+    and written to TensorBoard as text, threads per rank are said."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cli import QUICK, run_pretrain
+    from glm_megatron.model.builder import build_model
+    from glm_megatron.parallel.context import single_process_context
+    result = run_pretrain(QUICK + ["--train-iters", "1", "--tensor-model-parallel-size", "2",
+                                   "--tensorboard-dir", str(tmp_path / "tb")], nproc=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = build_model(GLMConfig(**PRESETS["chatglm3-tiny"], vocab_size=8192),
+                        single_process_context("cpu"), seed=0)
+    total = sum(p.numel() for p in model.parameters())
+    assert f"{total / 1e6:.2f}M parameters in all" in result.stdout
+    assert "(1 threads per rank)" in result.stdout  # OMP_NUM_THREADS=1 in tests
+    block = result.stdout.split(" arguments ---")[1].split("--- end of arguments")[0]
+    assert re.search(r"\n  tensor_model_parallel_size \.{3,} 2\n", block)
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = events.Tensors("arguments/text_summary")
+    assert re.search(r"tensor_model_parallel_size \.{3,} 2\n",
+                     text.tensor_proto.string_val[0].decode())

@@ -34,6 +34,17 @@ def preprocessed(tmp_path_factory):
     return str(folder / "corpus_text_document"), tokenizer
 
 
+@pytest.fixture(scope="module")
+def other_tokenizer(tmp_path_factory):
+    """A second, valid SentencePiece model."""
+    import itertools
+
+    from glm_megatron.data.builtin_corpus import iter_builtin_documents
+    from glm_megatron.data.tokenizer import train_sentencepiece
+    texts = list(itertools.islice(iter_builtin_documents(), 40))
+    return train_sentencepiece(texts, 400, str(tmp_path_factory.mktemp("other") / "other"))
+
+
 def _args(**flags):
     return argparse.Namespace(**{"data_path": None, "tokenizer_model": None, **flags})
 
@@ -46,19 +57,18 @@ def test_preprocessing_records_the_tokenizer(preprocessed):
     assert record["special_tokens"]["eos"] == 1 and record["special_tokens"]["mask"] == 8000
 
 
-def test_the_recorded_tokenizer_is_taken_and_no_other(preprocessed, tmp_path):
+def test_the_recorded_tokenizer_is_taken_and_no_other(preprocessed, other_tokenizer, tmp_path):
     prefix, tokenizer = preprocessed
     assert _resolve_data(_args(data_path=[prefix]))[1].model_path == tokenizer
     copy = tmp_path / "same.model"  # the same content elsewhere is the same tokenizer
     shutil.copy(tokenizer, copy)
     assert _resolve_data(_args(data_path=[prefix], tokenizer_model=str(copy)))[1].model_path \
         == str(copy)
-    other = tmp_path / "other.model"
-    other.write_bytes(open(tokenizer, "rb").read() + b"\n")
+    other = other_tokenizer
     with pytest.raises(ConfigError, match=f"--tokenizer-model {other} is not the tokenizer "
                                           f"--data-path {prefix} was preprocessed with "
                                           f"\\({tokenizer},"):
-        _resolve_data(_args(data_path=[prefix], tokenizer_model=str(other)))
+        _resolve_data(_args(data_path=[prefix], tokenizer_model=other))
 
 
 def test_data_without_a_record_needs_the_flag(preprocessed, tmp_path):
@@ -86,12 +96,11 @@ def test_a_recorded_tokenizer_that_moved_away_is_named(preprocessed, tmp_path):
         _resolve_data(_args(data_path=[moved]))
 
 
-def test_pretraining_refuses_another_tokenizer_in_one_line(preprocessed, tmp_path):
+def test_pretraining_refuses_another_tokenizer_in_one_line(preprocessed, other_tokenizer):
     prefix, tokenizer = preprocessed
-    other = tmp_path / "other.model"
-    other.write_bytes(open(tokenizer, "rb").read() + b"\n")
+    other = other_tokenizer
     result = run_pretrain(QUICK + ["--train-iters", "1", "--data-path", prefix,
-                                   "--tokenizer-model", str(other)])
+                                   "--tokenizer-model", other])
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and str(other) in errors[0] and tokenizer in errors[0], \

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
 import os
 import shlex
 import time
@@ -39,7 +40,9 @@ from ..objectives import (BLANK_MODES, BlankInfillingConfig, SpecialTokenIds, bu
                           sentence_end_table)
 from ..parallel.agreement import raised_together
 from ..presets import matching_preset
-from ..parallel.context import ParallelContext, initialize_distributed, shutdown
+from ..parallel.context import ParallelContext, all_reduce, initialize_distributed, shutdown
+from ..parallel.param_roles import role_of
+from ..parallel.sharding import full_shape
 from ..parallel.random import seed_all
 from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
@@ -224,6 +227,7 @@ class Job:
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
     records: dict  # what checkpoints record beside the weights (CheckpointMetadata fields)
+    arguments_text: str = ""  # the effective configuration, as printed at start-up
     validation_batches: list | None = None  # made at the first evaluation, reused after
     last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
 
@@ -249,8 +253,6 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     saved = _saved_checkpoint(args)
     architecture, implied = effective_config.architecture(
         args, set(args.given_flags), saved.config if saved is not None else None)
-    for line in args.implied + implied:
-        log(f"implied: {line}")
     data_path, tokenizer = _resolve_data(args, saved)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
@@ -276,7 +278,8 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
         num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
         tokenizer=tokenizer, sentence_end=sentence_end)
-    log(f"layout {layout} on {ctx.device}, {num_microbatches} micro-batches of "
+    log(f"layout {layout} on {ctx.device} ({torch.get_num_threads()} threads per rank), "
+        f"{num_microbatches} micro-batches of "
         f"{args.micro_batch_size} x {collator.length} tokens per rank per iteration, objective "
         f"{args.objective}; data {' '.join(data_path)}; "
         f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
@@ -299,14 +302,29 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
             finetune=args.finetune, log=log)
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
-    n_params = sum(p.numel() for p in model.parameters())
     preset = args.model_preset or matching_preset(config.to_dict()) or "(custom)"
     log(f"model {preset}: {config.num_layers} layers x {config.hidden_size}, "
-        f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
-    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records)
+        f"{_parameter_count(model, ctx) / 1e6:.2f}M parameters in all, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M on this rank, {dtype}")
+    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records,
+              arguments_text=effective_config.format_arguments(
+                  effective_config.effective_arguments(
+                      args, config, data_path=data_path, tokenizer_model=tokenizer.model_path),
+                  args.implied + implied))
+    log(job.arguments_text)
     if saved is not None and not args.finetune:
         job.last_checkpoint = (args.load, progress.iteration)
     return job, progress
+
+
+def _parameter_count(model: ModelChunks, ctx: ParallelContext) -> int:
+    """The model's parameters over all ranks: each tensor-parallel shard counted at its full
+    size once, the last stage's copy of tied embeddings not at all, pipeline stages summed."""
+    local = sum(math.prod(full_shape(p, ctx.tp_size)) for p in model.parameters()
+                if role_of(p).tied_copy_of is None)
+    total = torch.tensor([local], dtype=torch.float64, device=ctx.device)
+    all_reduce(total, ctx.pp_group)
+    return int(total.item())
 
 
 def _own_save_directory(args, ctx: ParallelContext, cleanup: contextlib.ExitStack):
@@ -415,6 +433,9 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
     args = job.args
     ctx = job.ctx
     writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
+    if writer is not None:  # preformatted, as printed (Markdown would reflow it)
+        writer.add_text("arguments", "    " + job.arguments_text.replace("\n", "\n    "),
+                        progress.iteration)
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
     batches = iter(_loader(job, 0, progress.consumed_samples))
     # Counted over the rows the model runs: blank infilling's are longer than --seq-length.
