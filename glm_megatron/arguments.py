@@ -15,6 +15,7 @@ from . import objectives
 from .config import ConfigError
 from .effective_config import ARCHITECTURE_FLAGS, DEFAULT_PRESET, apply_recipe
 from .presets import preset_names
+from .training.writers import check_wandb_flags
 
 # Where the run without arguments saves and logs (and resumes from, when run again).
 BUILTIN_RUN_DIR = "runs/builtin"
@@ -219,6 +220,10 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
     g.add_argument("--eval-interval", type=int, default=50)
     if pretraining:  # finetuning evaluates the whole validation set
         g.add_argument("--eval-iters", type=int, default=5)
+    g.add_argument("--wandb-project", help="log to this Weights & Biases project as well (needs "
+                                           "the wandb package)")
+    g.add_argument("--wandb-exp-name", help="the W&B run's name (default: W&B's)")
+    g.add_argument("--wandb-save-dir", help="W&B's local files (default: W&B's, ./wandb)")
     g.add_argument("--tensorboard-dir", help="TensorBoard logs (default: none, no logs; the "
                                              "run without arguments: runs/builtin/tensorboard)")
 
@@ -332,6 +337,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser):
 def check_shared_arguments(args: argparse.Namespace):
     """Ranges and combinations of the shared flags that cannot work."""
     check_ranges(args)
+    check_wandb_flags(args)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:

@@ -16,7 +16,7 @@ import math
 import os
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -49,10 +49,11 @@ from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
 from .exit_conditions import ExitConditions, ignore_exit_signals
 from .losses import language_model_loss, mode_report_keys
-from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
+from .metrics import TrainingLogger, model_flops_per_iteration, print_line
 from .optimizer import DynamicLossScaler
 from .resume_checks import check_resume
 from .trainer import Trainer
+from .writers import open_writers
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -227,7 +228,8 @@ class Job:
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
     records: dict  # what checkpoints record beside the weights (CheckpointMetadata fields)
-    arguments_text: str = ""  # the effective configuration, as printed at start-up
+    arguments: dict = field(default_factory=dict)  # the effective configuration
+    arguments_text: str = ""  # ... as printed at start-up
     validation_batches: list | None = None  # made at the first evaluation, reused after
     last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
 
@@ -306,11 +308,11 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     log(f"model {preset}: {config.num_layers} layers x {config.hidden_size}, "
         f"{_parameter_count(model, ctx) / 1e6:.2f}M parameters in all, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M on this rank, {dtype}")
+    settings = effective_config.effective_arguments(
+        args, config, data_path=data_path, tokenizer_model=tokenizer.model_path)
     job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records,
-              arguments_text=effective_config.format_arguments(
-                  effective_config.effective_arguments(
-                      args, config, data_path=data_path, tokenizer_model=tokenizer.model_path),
-                  args.implied + implied))
+              arguments=settings, arguments_text=effective_config.format_arguments(
+                  settings, args.implied + implied))
     log(job.arguments_text)
     if saved is not None and not args.finetune:
         job.last_checkpoint = (args.load, progress.iteration)
@@ -432,7 +434,7 @@ def training_iteration(trainer: Trainer, scheduler: OptimizerParamScheduler, bat
 def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
     args = job.args
     ctx = job.ctx
-    writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
+    writer = open_writers(args, job.arguments) if ctx.is_rank_zero else None
     if writer is not None:  # preformatted, as printed (Markdown would reflow it)
         writer.add_text("arguments", "    " + job.arguments_text.replace("\n", "\n    "),
                         progress.iteration)
@@ -466,6 +468,7 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
     _save(job, progress)
     if writer is not None:
         writer.close()
+    if writer is not None and args.tensorboard_dir:
         log(f"TensorBoard logs in {os.path.abspath(args.tensorboard_dir)}")
     return progress
 
