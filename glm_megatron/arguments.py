@@ -205,6 +205,10 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
         g.add_argument("--exit-on-missing-checkpoint", action="store_true",
                        help="with --load: stop when it holds no checkpoint instead of starting "
                             "from scratch")
+        g.add_argument("--skip-train", action="store_true",
+                       help="evaluate the checkpoint --load holds on --eval-iters batches of "
+                            "the validation and test splits (loss and perplexity) and exit: no "
+                            "training, nothing saved")
         g.add_argument("--finetune", action="store_true",
                        help="load weights only; start at iteration 0 with fresh optimizer and "
                             "data")
@@ -271,6 +275,8 @@ EXAMPLES = """examples:
       its tokenizer)
   python pretrain_glm.py --load runs/builtin/checkpoints --finetune --save runs/continued
       continue from a checkpoint (architecture and tokenizer from its metadata)
+  python pretrain_glm.py --load runs/builtin/checkpoints --skip-train --eval-iters 20
+      validation and test loss and perplexity of a checkpoint; nothing trained or saved
 """
 
 

@@ -3,6 +3,7 @@
 --load that does not exist is an error."""
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -90,3 +91,26 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
     assert re.fullmatch(rf"pretrain_glm.py: interrupted at iteration \d+; the last saved "
                         rf"iteration is {saved} in {save}; resume with: python "
                         rf"pretrain_glm.py .*--save {save}", line), line
+
+
+def test_skip_train_evaluates_the_checkpoint_and_writes_nothing(tmp_path):
+    save = str(tmp_path / "run")
+    trained = run_pretrain(QUICK + ["--train-iters", "2", "--save", save])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    before = sorted(os.listdir(save))
+    evaluated = run_pretrain(QUICK + ["--skip-train", "--load", save, "--split", "90,5,5"])
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "consumed samples" not in evaluated.stdout  # no training iteration
+    found = {split: (float(loss), float(ppl)) for split, loss, ppl in re.findall(
+        r" (validation|test) loss at iteration 2 \| lm loss value: (\S+) \| lm loss PPL: (\S+)",
+        evaluated.stdout)}
+    assert sorted(found) == ["test", "validation"]
+    for loss, ppl in found.values():
+        assert ppl == pytest.approx(math.exp(loss), rel=1e-5)
+    assert sorted(os.listdir(save)) == before  # nothing saved, no lock left
+    # The validation loss is the one the training run reported after its last iteration (same
+    # weights, same first validation samples), at the training run's split.
+    again = run_pretrain(QUICK + ["--skip-train", "--load", save])
+    final = re.findall(r"validation loss at iteration 2 \| lm loss value: (\S+)", trained.stdout)
+    assert re.findall(r"validation loss at iteration 2 \| lm loss value: (\S+)",
+                      again.stdout) == final

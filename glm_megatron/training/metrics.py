@@ -96,19 +96,19 @@ class TrainingLogger:
         self.skipped = self.nan = 0
 
     def validation(self, it: int, loss: float, consumed_samples: int,
-                   parts: Optional[dict[str, float]] = None):
+                   parts: Optional[dict[str, float]] = None, split: str = "validation"):
         """`parts`: the loss of each part of the objective (blank infilling: of each span
-        kind), also logged, under `lm loss validation (PART)`."""
+        kind), also logged, under `lm loss validation (PART)`. `split`: validation or test."""
         parts = parts or {}
         if self.writer is not None:
-            self.writer.add_scalar("lm loss validation", loss, it)
-            self.writer.add_scalar("lm loss validation vs samples", loss, consumed_samples)
+            self.writer.add_scalar(f"lm loss {split}", loss, it)
+            self.writer.add_scalar(f"lm loss {split} vs samples", loss, consumed_samples)
             for part, value in parts.items():
-                self.writer.add_scalar(f"lm loss validation ({part})", value, it)
+                self.writer.add_scalar(f"lm loss {split} ({part})", value, it)
             self.writer.flush()
         bar = "-" * 80
         details = "".join(f" {part} loss: {value:.6E} |" for part, value in parts.items())
-        print_line(f"{bar}\n validation loss at iteration {it} | lm loss value: {loss:.6E} | "
+        print_line(f"{bar}\n {split} loss at iteration {it} | lm loss value: {loss:.6E} | "
                    f"lm loss PPL: {_ppl(loss):.6E} |{details}\n{bar}")
 
 

@@ -230,7 +230,8 @@ class Job:
     records: dict  # what checkpoints record beside the weights (CheckpointMetadata fields)
     arguments: dict = field(default_factory=dict)  # the effective configuration
     arguments_text: str = ""  # ... as printed at start-up
-    validation_batches: list | None = None  # made at the first evaluation, reused after
+    # Per split (1: validation, 2: test), made at the first evaluation and reused after.
+    evaluation_batches: dict = field(default_factory=dict)
     last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
 
     def last_checkpoint_text(self) -> str:
@@ -253,6 +254,10 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     seed_all(ctx, args.seed)
     _check_validation_split(args)
     saved = _saved_checkpoint(args)
+    if args.skip_train and (saved is None or not args.eval_iters):
+        raise ConfigError("--skip-train evaluates a checkpoint on --eval-iters batches of the "
+                          "validation and test splits: give --load with a checkpoint and "
+                          "--eval-iters of at least 1")
     architecture, implied = effective_config.architecture(
         args, set(args.given_flags), saved.config if saved is not None else None)
     data_path, tokenizer = _resolve_data(args, saved)
@@ -275,10 +280,12 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
                      tokenizer_sha256=records["tokenizer"].sha256,
                      flag="--save" if getattr(args, "load_from_save", False) else "--load")
     # Every evaluation reads the same first validation samples, so losses are comparable.
-    eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
+    evaluates = args.eval_interval or args.skip_train
+    eval_samples = args.eval_iters * args.global_batch_size if evaluates else 0
+    train_samples = 0 if args.skip_train else args.train_iters * args.global_batch_size
     datasets = build_datasets(
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
-        num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
+        num_samples=(train_samples, eval_samples, eval_samples),
         tokenizer=tokenizer, sentence_end=sentence_end)
     log(f"layout {layout} on {ctx.device} ({torch.get_num_threads()} threads per rank), "
         f"{num_microbatches} micro-batches of "
@@ -295,12 +302,15 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     trainer = build_trainer(args, model, ctx, num_microbatches, language_model_loss)
     optimizer = trainer.optimizer
     scheduler = build_scheduler(args, optimizer)
-    _own_save_directory(args, ctx, cleanup)
+    if not args.skip_train:
+        _own_save_directory(args, ctx, cleanup)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
-            args.load, model, optimizer, scheduler, ctx, iteration=args.ckpt_step,
-            load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+            args.load, model, optimizer, None if args.skip_train else scheduler, ctx,
+            iteration=args.ckpt_step,
+            load_optim=not (args.no_load_optim or args.skip_train),
+            load_rng=not args.no_load_rng,
             finetune=args.finetune, log=log)
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
@@ -363,19 +373,36 @@ def _save(job: Job, progress: TrainingState):
         f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
 
 
-def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
-    if job.datasets[1] is None or job.args.eval_iters == 0:
+_SPLIT_NAMES = {1: "validation", 2: "test"}
+
+
+def _validate(job: Job, logger: TrainingLogger, progress: TrainingState, split: int = 1):
+    """The loss on --eval-iters batches of a split (1: validation, 2: test), logged."""
+    if job.datasets[split] is None or job.args.eval_iters == 0:
         return
-    # The same validation samples (and masks) every time, so successive values are comparable:
-    # read and collated once.
-    if job.validation_batches is None:
+    # The same samples (and masks) every time, so successive values are comparable: read and
+    # collated once.
+    if split not in job.evaluation_batches:
         count = job.args.eval_iters * job.trainer.num_microbatches
-        job.validation_batches = list(itertools.islice(_loader(job, 1, 0), count))
-    outputs = job.trainer.evaluate(iter(job.validation_batches), job.args.eval_iters)
+        job.evaluation_batches[split] = list(itertools.islice(_loader(job, split, 0), count))
+    outputs = job.trainer.evaluate(iter(job.evaluation_batches[split]), job.args.eval_iters)
     loss = sum(output.mean_loss(job.ctx) for output in outputs) / len(outputs)
     parts = _span_kind_losses(job, outputs)
     if job.ctx.is_rank_zero:
-        logger.validation(progress.iteration, loss, progress.consumed_samples, parts)
+        logger.validation(progress.iteration, loss, progress.consumed_samples, parts,
+                          split=_SPLIT_NAMES[split])
+
+
+def evaluate_checkpoint(job: Job, progress: TrainingState) -> TrainingState:
+    """--skip-train: the loaded checkpoint's loss and perplexity on the validation and test
+    splits; nothing trained, nothing saved."""
+    writer = open_writers(job.args, job.arguments) if job.ctx.is_rank_zero else None
+    logger = TrainingLogger(job.args.log_interval, job.args.train_iters, writer)
+    for split in _SPLIT_NAMES:
+        _validate(job, logger, progress, split)
+    if writer is not None:
+        writer.close()
+    return progress
 
 
 # How the validation log names each span kind of blank infilling.
@@ -533,7 +560,10 @@ def pretrain(args: argparse.Namespace | None = None) -> TrainingState:
     try:
         with exits, contextlib.ExitStack() as cleanup:
             job, progress = setup(args, cleanup)
-            progress = train(job, progress, exits)
+            if args.skip_train:
+                progress = evaluate_checkpoint(job, progress)
+            else:
+                progress = train(job, progress, exits)
         together = True
         return progress
     except RUN_ERRORS:

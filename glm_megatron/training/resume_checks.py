@@ -142,12 +142,12 @@ def check_resume(root: str, saved: CheckpointMetadata, args: argparse.Namespace,
                  config: dict, data: DataRecord, schedule: ScheduleRecord, tokenizer_path: str,
                  tokenizer_sha256: str, flag: str = "--load"):
     """Every check above that applies: a --finetune run starts its data and schedule afresh,
-    but keeps the architecture and the tokenizer. `flag`: how the run came to this checkpoint
+    and --skip-train continues neither, but both keep the architecture and the tokenizer. `flag`: how the run came to this checkpoint
     (--load, or --save when it continues the checkpoint its --save holds)."""
     where = f"{flag} {root}"
     check_architecture(where, saved.config, config)
     check_tokenizer(where, saved, tokenizer_path, tokenizer_sha256, args.override_tokenizer)
-    if args.finetune:
+    if args.finetune or getattr(args, "skip_train", False):  # no sample stream to continue
         return
     check_data(where, saved.data, data, args.override_data_settings)
     check_schedule(where, saved.schedule, schedule,
