@@ -24,6 +24,22 @@ def test_default_run(tmp_path):
     assert any(f.startswith("events.out.tfevents")
                for f in os.listdir(tmp_path / "runs" / "builtin" / "tensorboard"))
     assert str(checkpoint / "iter_0000100") in result.stdout
+    # Run again, it continues its own checkpoint (nothing left to train) and keeps its folders.
+    again = subprocess.run([sys.executable, PRETRAIN], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from iteration 100 in --save runs/builtin/checkpoints" in \
+        again.stdout.splitlines()[0]
+    assert "iteration 100 already reached" in again.stdout
+    # The README's export and transformers snippet, as written (the install line aside): the
+    # continuation is words the model learned, not blank lines.
+    block = _bash_block("## Export to Hugging Face")
+    commands = "\n".join(line for line in block.splitlines() if not line.startswith("pip "))
+    exported = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=900,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert re.match(r"'Return a [a-z]+", exported.stdout.splitlines()[-1]), exported.stdout
 
 
 def _bash_block(heading: str) -> str:

@@ -39,11 +39,11 @@ from ..model.options import ExecutionOptions
 from ..objectives import (BLANK_MODES, BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
 from ..parallel.agreement import raised_together
-from ..presets import matching_preset
 from ..parallel.context import ParallelContext, all_reduce, initialize_distributed, shutdown
 from ..parallel.param_roles import role_of
 from ..parallel.sharding import full_shape
 from ..parallel.random import seed_all
+from ..presets import matching_preset
 from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
