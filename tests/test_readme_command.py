@@ -33,6 +33,7 @@ def test_default_run(tmp_path):
     assert "iteration 100 already reached" in again.stdout
     # The README's export and transformers snippet, as written (the install line aside): the
     # continuation is words the model learned, not blank lines.
+    os.symlink(os.path.join(ROOT, "tools"), tmp_path / "tools")  # run from a checkout
     block = _bash_block("## Export to Hugging Face")
     commands = "\n".join(line for line in block.splitlines() if not line.startswith("pip "))
     exported = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path,

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import signal
 
 import pytest
@@ -48,18 +49,29 @@ def test_a_load_that_does_not_exist_is_an_error(tmp_path):
         _saved_checkpoint(_load(tmp_path, exit_on_missing=True))
 
 
-def test_rerunning_continues_and_another_experiment_is_refused(tmp_path):
+# Two iterations of the tiny model with a test split, saved: (folder, the run's stdout).
+TRAINED = QUICK + ["--split", "90,5,5"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("trained") / "run")
+    result = run_pretrain(TRAINED + ["--train-iters", "2", "--save", save])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return save, result.stdout
+
+
+def test_rerunning_continues_and_another_experiment_is_refused(trained, tmp_path):
     save = str(tmp_path / "run")
-    first = run_pretrain(QUICK + ["--train-iters", "2", "--save", save])
-    assert first.returncode == 0, first.stderr[-2000:]
-    again = run_pretrain(QUICK + ["--train-iters", "3", "--override-opt_param-scheduler",
-                                  "--save", save])
+    shutil.copytree(trained[0], save)
+    again = run_pretrain(TRAINED + ["--train-iters", "3", "--override-opt_param-scheduler",
+                                    "--save", save])
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.splitlines()[0].endswith(
         f"resuming from iteration 2 in --save {save}, which holds this run's checkpoint "
         "(--load is implied; give another --save to start afresh)")
     assert re.findall(r"iteration\s+(\d+)/", again.stdout) == ["3"]
-    other = run_pretrain(QUICK + ["--train-iters", "2", "--hidden-size", "32", "--save", save])
+    other = run_pretrain(TRAINED + ["--train-iters", "2", "--hidden-size", "32", "--save", save])
     assert other.returncode == 2
     errors = [line for line in other.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith(
@@ -93,24 +105,19 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path):
                         rf"pretrain_glm.py .*--save {save}", line), line
 
 
-def test_skip_train_evaluates_the_checkpoint_and_writes_nothing(tmp_path):
-    save = str(tmp_path / "run")
-    trained = run_pretrain(QUICK + ["--train-iters", "2", "--save", save])
-    assert trained.returncode == 0, trained.stderr[-2000:]
+def test_skip_train_evaluates_the_checkpoint_and_writes_nothing(trained):
+    save, training_output = trained
     before = sorted(os.listdir(save))
-    evaluated = run_pretrain(QUICK + ["--skip-train", "--load", save, "--split", "90,5,5"])
+    evaluated = run_pretrain(TRAINED + ["--skip-train", "--load", save])
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert "consumed samples" not in evaluated.stdout  # no training iteration
-    found = {split: (float(loss), float(ppl)) for split, loss, ppl in re.findall(
+    found = {split: (loss, float(ppl)) for split, loss, ppl in re.findall(
         r" (validation|test) loss at iteration 2 \| lm loss value: (\S+) \| lm loss PPL: (\S+)",
         evaluated.stdout)}
     assert sorted(found) == ["test", "validation"]
     for loss, ppl in found.values():
-        assert ppl == pytest.approx(math.exp(loss), rel=1e-5)
+        assert ppl == pytest.approx(math.exp(float(loss)), rel=1e-5)
     assert sorted(os.listdir(save)) == before  # nothing saved, no lock left
-    # The validation loss is the one the training run reported after its last iteration (same
-    # weights, same first validation samples), at the training run's split.
-    again = run_pretrain(QUICK + ["--skip-train", "--load", save])
-    final = re.findall(r"validation loss at iteration 2 \| lm loss value: (\S+)", trained.stdout)
+    # The training run's last validation: the same weights on the same first samples.
     assert re.findall(r"validation loss at iteration 2 \| lm loss value: (\S+)",
-                      again.stdout) == final
+                      training_output) == [found["validation"][0]]
