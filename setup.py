@@ -18,5 +18,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=4.57", "safetensors>=0.4"],
+        # Loading exports with transformers (README: Export to Hugging Face).
+        "hf": ["transformers>=4.57", "safetensors>=0.4"],
     },
 )

@@ -20,7 +20,8 @@
 # (processes per node), SEQ_LENGTH [256], MICRO_BATCH [2], GLOBAL_BATCH [64], TRAIN_ITERS [200],
 # MASTER_PORT [6000], RUN_DIR [runs/slurm-$SLURM_JOB_ID], DATA_PATH and TOKENIZER (a
 # preprocessed corpus prefix and its SentencePiece model; the built-in corpus without them).
-# Extra arguments are passed to pretrain_glm.py.
+# Extra arguments are passed to pretrain_glm.py. A requeued job (same SLURM_JOB_ID, so the same
+# RUN_DIR) continues from the checkpoint its --save holds: no --load needed.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 
@@ -35,7 +36,7 @@ ARGS=(--model-preset "${PRESET:-glm4-small}"
       --seq-length "${SEQ_LENGTH:-256}" --micro-batch-size "${MICRO_BATCH:-2}"
       --global-batch-size "${GLOBAL_BATCH:-64}" --train-iters "${TRAIN_ITERS:-200}"
       --log-interval 10 --eval-interval 100 --eval-iters 5
-      --save "$RUN_DIR/checkpoints" --load "$RUN_DIR/checkpoints"
+      --save "$RUN_DIR/checkpoints"
       --tensorboard-dir "$RUN_DIR/tensorboard")
 if [[ -n "${DATA_PATH:-}" ]]; then ARGS+=(--data-path "$DATA_PATH"); fi
 if [[ -n "${TOKENIZER:-}" ]]; then ARGS+=(--tokenizer-model "$TOKENIZER"); fi

@@ -6,15 +6,18 @@ Architecture flags default to None so that `--model-preset` fills them and expli
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import sys
 from typing import Optional, Sequence
 
 from . import objectives
-from .config import ConfigError, GLMConfig
-from .presets import PRESETS, PRETRAINING_RECIPES, preset_names
+from .config import ConfigError
+from .effective_config import ARCHITECTURE_FLAGS, DEFAULT_PRESET, apply_recipe
+from .presets import preset_names
+from .training.writers import check_wandb_flags
 
-DEFAULT_PRESET = "glm4-small"
-# Where the built-in run (no --data-path) writes when --save / --tensorboard-dir are not given.
+# Where the run without arguments saves and logs (and resumes from, when run again).
 BUILTIN_RUN_DIR = "runs/builtin"
 
 _BOOL = argparse.BooleanOptionalAction
@@ -22,8 +25,12 @@ _BOOL = argparse.BooleanOptionalAction
 
 def _model_args(parser: argparse.ArgumentParser):
     g = parser.add_argument_group("model (a --model-preset fills these; explicit flags override)")
-    g.add_argument("--model-preset", default=DEFAULT_PRESET, choices=preset_names(),
-                   help=f"architecture preset (default {DEFAULT_PRESET})")
+    g.add_argument("--model-preset", choices=preset_names(),
+                   help=f"architecture preset (default: {DEFAULT_PRESET}, or the checkpoint's "
+                        "architecture when one is loaded and no architecture flag is given)")
+    g.add_argument("--use-checkpoint-args", action=_BOOL,
+                   help="take the architecture from the checkpoint --load holds (default: when "
+                        "it holds one and no architecture flag is given)")
     g.add_argument("--num-layers", type=int)
     g.add_argument("--hidden-size", type=int)
     g.add_argument("--ffn-hidden-size", type=int)
@@ -31,7 +38,8 @@ def _model_args(parser: argparse.ArgumentParser):
     g.add_argument("--group-query-attention", action=_BOOL,
                    help="use --num-query-groups key/value groups (GQA)")
     g.add_argument("--num-query-groups", type=int)
-    g.add_argument("--kv-channels", type=int, help="head dimension")
+    g.add_argument("--kv-channels", type=int,
+                   help="head dimension (default: from --model-preset, else hidden size / heads)")
     g.add_argument("--max-position-embeddings", type=int)
     g.add_argument("--normalization", choices=["LayerNorm", "RMSNorm"])
     g.add_argument("--norm-epsilon", type=float)
@@ -158,7 +166,9 @@ def _data_args(parser: argparse.ArgumentParser):
                    help="PREFIX, or a weighted blend W1 PREFIX1 W2 PREFIX2 ...; default: the "
                         "built-in corpus (Python's own documentation)")
     g.add_argument("--split", default="969,30,1", help="train,valid,test weights")
-    g.add_argument("--tokenizer-model", help="SentencePiece model; default: the built-in one")
+    g.add_argument("--tokenizer-model",
+                   help="SentencePiece model (default: the one the data records, else the "
+                        "checkpoint's)")
     g.add_argument("--num-workers", type=int, default=2,
                    help="DataLoader workers per rank; they read and collate the micro-batches "
                         "(0: in the training process)")
@@ -166,8 +176,11 @@ def _data_args(parser: argparse.ArgumentParser):
 
 def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: bool = True):
     g = parser.add_argument_group("checkpointing")
-    g.add_argument("--save", help="checkpoint directory")
-    g.add_argument("--load", help="resume from this checkpoint directory")
+    g.add_argument("--save", help="checkpoint directory; a run continues the checkpoint it "
+                                  "holds (default: none, nothing is saved; the run without "
+                                  "arguments: runs/builtin/checkpoints)")
+    g.add_argument("--load", help="resume from this checkpoint directory (default: the "
+                                  "checkpoint --save holds, if any)")
     g.add_argument("--ckpt-step", type=int,
                    help="with --load: the iteration to load instead of the tracker's latest "
                         "(e.g. the complete one an error about a damaged checkpoint names)")
@@ -189,6 +202,13 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
     g.add_argument("--override-tokenizer", action="store_true",
                    help="on --load, accept a --tokenizer-model other than the checkpoint's")
     if pretraining:  # finetune_glm.py starts from --pretrained-checkpoint instead
+        g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                       help="with --load: stop when it holds no checkpoint instead of starting "
+                            "from scratch")
+        g.add_argument("--skip-train", action="store_true",
+                       help="evaluate the checkpoint --load holds on --eval-iters batches of "
+                            "the validation and test splits (loss and perplexity) and exit: no "
+                            "training, nothing saved")
         g.add_argument("--finetune", action="store_true",
                        help="load weights only; start at iteration 0 with fresh optimizer and "
                             "data")
@@ -204,14 +224,68 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
     g.add_argument("--eval-interval", type=int, default=50)
     if pretraining:  # finetuning evaluates the whole validation set
         g.add_argument("--eval-iters", type=int, default=5)
-    g.add_argument("--tensorboard-dir")
+    g.add_argument("--wandb-project", help="log to this Weights & Biases project as well (needs "
+                                           "the wandb package)")
+    g.add_argument("--wandb-exp-name", help="the W&B run's name (default: W&B's)")
+    g.add_argument("--wandb-save-dir", help="W&B's local files (default: W&B's, ./wandb)")
+    g.add_argument("--tensorboard-dir", help="TensorBoard logs (default: none, no logs; the "
+                                             "run without arguments: runs/builtin/tensorboard)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every flag's default once, at the end of its help: the value, 'from --model-preset' for
+    what a preset fills, or nothing more when the help states its default itself."""
+
+    _NO_HELP = "\x00"
+
+    def _format_action(self, action):
+        if action.option_strings and not (action.help and action.help.strip()):
+            action = copy.copy(action)  # flags without help text still show their default
+            action.help = self._NO_HELP
+        return super()._format_action(action)
+
+    def _get_help_string(self, action) -> str:
+        text = "" if action.help == self._NO_HELP else action.help
+        if action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.dest in PRESET_FILLED:
+            default = "from --model-preset"
+        elif action.default is None:
+            default = "none"
+        elif action.default is False and action.nargs == 0:
+            default = "off"
+        else:
+            default = "%(default)s"
+        return f"{text} (default: {default})".lstrip()
+
+
+# Architecture flags whose default is the preset's value.
+PRESET_FILLED = set(ARCHITECTURE_FLAGS) - {"model_preset", "vocab_size"}
+
+EXAMPLES = """examples:
+  python pretrain_glm.py
+      the built-in run: Python's documentation, glm4-small, 100 iterations, saved to
+      runs/builtin/checkpoints; run again, it continues from there
+  torchrun --nproc_per_node 4 pretrain_glm.py --tensor-model-parallel-size 2 \\
+      --model-preset chatglm3-tiny --train-iters 200 --save runs/tp2
+      TP 2 x DP 2 on one machine; the same command again resumes from runs/tp2
+  python pretrain_glm.py --objective blank-infilling --model-preset glm-large --bf16 \\
+      --data-path data/corpus_text_document --save runs/glm-large
+      GLM's blank infilling on your own data (tools/preprocess_data.py wrote it and recorded
+      its tokenizer)
+  python pretrain_glm.py --load runs/builtin/checkpoints --finetune --save runs/continued
+      continue from a checkpoint (architecture and tokenizer from its metadata)
+  python pretrain_glm.py --load runs/builtin/checkpoints --skip-train --eval-iters 20
+      validation and test loss and perplexity of a checkpoint; nothing trained or saved
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pretrain_glm.py",
-        description="Pretrain a GLM model. Run with torchrun for several processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="pretrain_glm.py", usage="%(prog)s [-h] [FLAGS]  (torchrun ... pretrain_glm.py "
+        "[FLAGS] for several processes)",
+        description="Pretrain a GLM model (Megatron-LM's flag names).", epilog=EXAMPLES,
+        formatter_class=HelpFormatter)
     for add in (_model_args, _training_args, objectives.add_arguments, _optimizer_args,
                 _parallel_args, _data_args, _checkpoint_and_logging_args):
         add(parser)
@@ -269,6 +343,7 @@ def add_shared_arguments(parser: argparse.ArgumentParser):
 def check_shared_arguments(args: argparse.Namespace):
     """Ranges and combinations of the shared flags that cannot work."""
     check_ranges(args)
+    check_wandb_flags(args)
     if args.bf16 and args.fp16:
         raise ConfigError("--bf16 and --fp16 are exclusive; pick one")
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
@@ -287,56 +362,32 @@ def set_schedule_defaults(args: argparse.Namespace):
         args.lr_warmup_iters = args.lr_decay_iters // 10
 
 
+def given_flags(argv: Sequence[str]) -> list[str]:
+    """The destinations of the flags on the command line (sorted): a parser whose every
+    default is 'absent' keeps only those."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return sorted(vars(parser.parse_args(argv)))
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The flags; a preset's published pretraining recipe (presets.PRETRAINING_RECIPES) gives
-    the defaults of the flags it names, so explicit flags still win."""
-    parser = build_parser()
-    preset = parser.parse_known_args(argv)[0].model_preset
-    parser.set_defaults(**PRETRAINING_RECIPES.get(preset, {}))
-    args = parser.parse_args(argv)
+    the defaults of the flags it names, so explicit flags still win. Beside the flags: the
+    command line (argv), the destinations given (given_flags) and what the recipe set
+    (implied); the architecture is
+    resolved later, with the checkpoint in view (effective_config.architecture)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    args.given_flags = given_flags(argv)
+    args.implied = apply_recipe(args, set(args.given_flags))
     check_shared_arguments(args)
     set_schedule_defaults(args)
-    if args.data_path is None:
-        args.save = args.save or f"{BUILTIN_RUN_DIR}/checkpoints"
-        args.tensorboard_dir = args.tensorboard_dir or f"{BUILTIN_RUN_DIR}/tensorboard"
+    if not argv:
+        # Only the run without arguments has folders of its own, which it continues on the
+        # next such run; any other run saves nothing without --save (as Megatron-LM), so two
+        # experiments never share a checkpoint or TensorBoard folder unasked.
+        args.save = f"{BUILTIN_RUN_DIR}/checkpoints"
+        args.tensorboard_dir = f"{BUILTIN_RUN_DIR}/tensorboard"
     return args
-
-
-# Flag -> GLMConfig field for flags that map one to one.
-_DIRECT = ["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-           "num_query_groups", "kv_channels", "max_position_embeddings", "normalization",
-           "norm_epsilon", "position_embedding_type", "block_position_encoding", "rotary_percent",
-           "rotary_interleaved", "rotary_base", "openai_gelu", "add_qkv_bias",
-           "untie_embeddings_and_output_weights", "apply_residual_connection_post_layernorm",
-           "deepnorm", "post_sublayer_norms", "hidden_dropout", "attention_dropout",
-           "init_method_std", "embedding_gradient_shrink_alpha", "rotary_fp16_frequencies"]
-
-
-def model_config(args: argparse.Namespace, vocab_size: int) -> GLMConfig:
-    """The preset's values, overridden by every architecture flag given explicitly."""
-    values = dict(PRESETS[args.model_preset])
-    values.update({k: getattr(args, k) for k in _DIRECT if getattr(args, k) is not None})
-    if args.group_query_attention is False:
-        values["num_query_groups"] = None
-    elif args.group_query_attention and args.num_query_groups is None and (
-            "num_query_groups" not in values):
-        raise ConfigError("--group-query-attention needs --num-query-groups")
-    if args.swiglu is not None or args.geglu is not None:
-        values["activation"] = "swiglu" if args.swiglu else "geglu" if args.geglu else "gelu"
-    if args.disable_bias_linear is not None:
-        values["add_bias_linear"] = not args.disable_bias_linear
-    rope = values.get("position_embedding_type", GLMConfig.position_embedding_type) == "rope"
-    room = 2 * values.get("rotary_percent", GLMConfig.rotary_percent) <= 1.0
-    if args.objective != "causal" and rope and room and args.block_position_encoding is None:
-        # ChatGLM2/3 and GLM-4 have no block positions of their own: GLM's objectives feed the
-        # block ids to the next rotary slice of the head, as ChatGLM-6B does, unless
-        # --no-block-position, which leaves the architecture (and its exports) unchanged.
-        # GLM-130B rotates the whole head with 1D positions: nothing is left for block ids.
-        values["block_position_encoding"] = not args.no_block_position
-    values["vocab_size"] = vocab_size
-    config = GLMConfig(**values)
-    if args.seq_length > config.max_position_embeddings:
-        raise ConfigError(
-            f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
-            f"{config.max_position_embeddings}; shorten the sequence or raise the maximum")
-    return config

@@ -169,6 +169,15 @@ class CheckpointMetadata:
         return self.layout.world_size
 
 
+def recorded_tokenizer(metadata: CheckpointMetadata) -> Optional[str]:
+    """Where the checkpoint's tokenizer is: the path its run recorded, else, for an import,
+    tokenizer.model in the folder it was imported from; None when neither exists here."""
+    recorded = metadata.tokenizer.path if metadata.tokenizer else None
+    imported = (os.path.join(metadata.converted_from, "tokenizer.model")
+                if metadata.converted_from else None)
+    return next((p for p in (recorded, imported) if p and os.path.isfile(p)), None)
+
+
 def records_of(metadata: CheckpointMetadata) -> dict:
     """The fields that describe the run rather than the files (a reshard keeps them)."""
     return {name: getattr(metadata, name) for name in

@@ -6,6 +6,10 @@ The vocabulary is not part of a preset: it comes from the tokenizer, padded as M
 
 from __future__ import annotations
 
+from typing import Optional
+
+from .config import GLMConfig
+
 # Generation 1: GLM (blank infilling, learned 2D absolute positions, tied output). The published
 # position tables have max_sequence_length + 1 rows.
 _GLM = dict(
@@ -93,6 +97,16 @@ PRESETS: dict[str, dict] = {
 
 def preset_names() -> list[str]:
     return sorted(PRESETS)
+
+
+def matching_preset(config: dict) -> Optional[str]:
+    """The preset whose architecture is exactly `config` (GLMConfig.to_dict(), any vocabulary),
+    None when no preset is."""
+    for name in preset_names():
+        values = dict(PRESETS[name], vocab_size=config.get("vocab_size", GLMConfig.vocab_size))
+        if GLMConfig(**values).to_dict() == config:
+            return name
+    return None
 
 
 # The published pretraining recipes (THUDM/GLM's config/ds_block_large.sh and ds_block_10B.sh;

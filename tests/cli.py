@@ -63,7 +63,7 @@ def run_entry(script: str, args: list[str], nproc: int = 1, timeout: int = 600,
 
 
 def _env(extra: dict | None = None) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, **(extra or {}))
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **(extra or {})}
 
 
 def start_pretrain(args: list[str], log_path: str, env: dict | None = None

@@ -62,6 +62,8 @@ def test_garbage_tokenizer_model(tmp_path):
 
 
 def test_token_ids_beyond_the_tokenizer_are_found_when_the_data_is_opened(tmp_path):
+    """Data written elsewhere (no tokenizer record) with the wrong --tokenizer-model."""
+    from glm_megatron.data.builtin import ensure_builtin_data
     from glm_megatron.data.indexed import write_indexed_dataset
     rng = numpy.random.default_rng(0)
     documents = [rng.integers(0, 20000, size=300).tolist() for _ in range(40)]
@@ -69,6 +71,7 @@ def test_token_ids_beyond_the_tokenizer_are_found_when_the_data_is_opened(tmp_pa
     write_indexed_dataset(documents, prefix, vocab_size=32000, eod=1)
     top = max(max(d) for d in documents)
     result = run_pretrain(QUICK + ["--train-iters", "1", "--data-path", prefix,
+                                   "--tokenizer-model", ensure_builtin_data()[1],
                                    "--save", str(tmp_path / "save")])
     _refused(result, f"--data-path {prefix} holds token id {top}, but the tokenizer has 8012 "
                      "tokens: the data was preprocessed with another tokenizer",

@@ -178,7 +178,7 @@ def test_preprocessed_documents_are_tokens_plus_eod_in_megatron_format(
         assert f"  {count} {reason} [text] (" in stdout, reason
     assert "b.txt:11)" in stdout  # the undecodable block starts on line 11
     assert "docs/s" in stderr and "tokens/s" in stderr
-    assert f"train with: --data-path {prefix} --tokenizer-model" in stdout
+    assert f"train with: --data-path {prefix} (its tokenizer" in stdout
 
 
 def test_one_and_two_workers_write_identical_files(preprocessed):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cli import QUICK, ROOT, run_pretrain
-from glm_testing import VOCAB, randomize, tiny_config
+from glm_testing import TEST_DEVICE, VOCAB, randomize, tiny_config
 
 # Special ids of a tokenizer-like object over the tiny vocabulary.
 TOKENS = SimpleNamespace(mask=250, smask=251, gmask=252, sop=253, eop=254, eod=255, cls=249,
@@ -194,3 +194,42 @@ def test_causal_generation_equals_transformers_generate(ctx):
         theirs = twin.generate(torch.tensor([prompt]), max_new_tokens=10, min_new_tokens=10,
                                do_sample=False, pad_token_id=0)
     assert ours == theirs[0, len(prompt):].tolist()
+
+
+def test_prompt_continues_a_causal_checkpoint(pretrained_checkpoint, tmp_path):
+    """The built-in run's kind of checkpoint (--objective causal): --prompt gives the greedy
+    continuation generate_causal gives in process; --input gives JSON lines."""
+    from glm_megatron.convert.checkpoint import CheckpointReader
+    from glm_megatron.data.tokenizer import GLMTokenizer
+    from glm_megatron.generation import generate_causal, load_model
+    reader = CheckpointReader(pretrained_checkpoint)
+    tokenizer = GLMTokenizer(reader.tokenizer_path)
+    model = load_model(reader, TEST_DEVICE)
+    prompt = "The Python tutorial"
+    expected = tokenizer.detokenize(generate_causal(model, tokenizer.tokenize(prompt), 12,
+                                                    end_tokens=(tokenizer.eod,)))
+    result = _generate("--load", pretrained_checkpoint, "--prompt", prompt,
+                       "--max-new-tokens", "12")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == f"{prompt}\n  continuation: {expected!r}\n"
+    source = tmp_path / "prompts.txt"
+    source.write_text(f"{prompt}\n")
+    lines = _generate("--load", pretrained_checkpoint, "--input", str(source),
+                      "--max-new-tokens", "12").stdout.splitlines()
+    assert [json.loads(line) for line in lines] == [{"prompt": prompt,
+                                                     "continuation": expected}]
+
+
+def test_each_checkpoint_does_only_what_it_was_trained_for(pretrained_checkpoint,
+                                                           glm_checkpoint):
+    blanks = _generate("--load", pretrained_checkpoint, "--text", "Python is a [MASK].")
+    prompt = _generate("--load", glm_checkpoint, "--prompt", "Python is")
+    for result, message in ((blanks, "--text: --load {} was pretrained with --objective causal "
+                                     "(left to right) and never saw blanks; continue a prompt "
+                                     "with --prompt".format(pretrained_checkpoint)),
+                            (prompt, "--prompt: --load {} was pretrained with --objective "
+                                     "blank-infilling, which generates only into blanks; write "
+                                     "the continuation as a trailing blank: --text 'PROMPT "
+                                     "[gMASK]'".format(glm_checkpoint))):
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.splitlines() == [f"tools/generate.py: error: {message}"]

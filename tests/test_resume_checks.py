@@ -28,7 +28,7 @@ def _args(**flags) -> argparse.Namespace:
 
 
 def _check(args=None, data=DATA, schedule=SCHEDULE, sha="abc"):
-    check_resume("ckpt", SAVED, args or _args(), data=data, schedule=schedule,
+    check_resume("ckpt", SAVED, args or _args(), config={}, data=data, schedule=schedule,
                  tokenizer_path="/t/other.model", tokenizer_sha256=sha)
 
 
@@ -94,3 +94,20 @@ def test_another_tokenizer_is_refused_unless_overridden():
     with pytest.raises(CheckpointError):
         _check(_args(finetune=True), sha="def")  # the weights still index its vocabulary
     _check(_args(override_tokenizer=True), sha="def")
+
+
+def test_another_architecture_names_a_few_differences_and_the_matching_preset():
+    from glm_megatron.config import GLMConfig
+    from glm_megatron.presets import PRESETS
+    from glm_megatron.training.resume_checks import check_architecture
+    saved = GLMConfig(**PRESETS["chatglm3-tiny"], vocab_size=8064).to_dict()
+    current = GLMConfig(**PRESETS["glm-tiny"], vocab_size=8064).to_dict()
+    check_architecture("--load ckpt", saved, saved)
+    with pytest.raises(CheckpointError) as refused:
+        check_architecture("--load ckpt", saved, current)
+    message = str(refused.value)
+    assert message.startswith("--load ckpt: the checkpoint is of another architecture "
+                              "(--ffn-hidden-size 256 (checkpoint: 160), --num-query-groups 4 "
+                              "(checkpoint: 2), ")
+    assert message.count("(checkpoint:") == 3 and " more); " in message
+    assert message.endswith("or pass --model-preset chatglm3-tiny")

@@ -4,14 +4,18 @@ tools/preprocess_data.py does, for pretrain_glm.py --data-path.
 
     python tools/preprocess_data.py --input corpus.jsonl --json-keys text \\
         --tokenizer-model tokenizer.model --output-prefix data/corpus --workers 2
-    # -> data/corpus_text_document.bin/.idx; train with --data-path data/corpus_text_document
+    # -> data/corpus_text_document.bin/.idx/.tokenizer.json; train with
+    #    --data-path data/corpus_text_document
 
     python tools/preprocess_data.py --input books/ notes.txt --tokenizer-model tokenizer.model \\
         --output-prefix data/books --text-documents file --workers 2
 
 Inputs: .jsonl/.json files (one JSON object per line), plain UTF-8 text files (one document per
 blank-line-separated block, or per file with --text-documents file), and folders of them.
-Every document gets the end-of-document token appended (--no-append-eod leaves it off).
+Every document gets the end-of-document token appended (--no-append-eod leaves it off). The
+tokenizer is recorded beside each dataset (PREFIX_{KEY}_document.tokenizer.json: its path,
+content hash, vocabulary size and special-token ids), so pretrain_glm.py --data-path takes it
+without --tokenizer-model and refuses another one.
 Documents that cannot be used (empty, not UTF-8, not JSON, no such key) are skipped and
 reported, never fatal. Bad input prints one line naming the flag or file and the fix, exits with
 status 2 and leaves no .bin/.idx behind; so does a run that fails or is stopped midway.
@@ -27,7 +31,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from glm_megatron.data.inputs import TEXT_DOCUMENTS, InputError  # noqa: E402
-from glm_megatron.data.preprocess import preprocess  # noqa: E402
+from glm_megatron.data.preprocess import load_tokenizer, preprocess  # noqa: E402
+from glm_megatron.data.tokenizer_record import (RECORD_SUFFIX, record_path,  # noqa: E402
+                                                write_record)
 
 PROG = "tools/preprocess_data.py"
 
@@ -88,9 +94,23 @@ def report(result, tokenizer_model: str) -> str:
                  f"({result.records / seconds:,.0f} docs/s, {result.tokens / seconds:,.0f} "
                  "tokens/s)")
     if len(result.outputs) == 1:
-        lines.append(f"train with: --data-path {result.outputs[0].prefix} "
-                     f"--tokenizer-model {tokenizer_model}")
+        lines.append(f"train with: --data-path {result.outputs[0].prefix} (its tokenizer, "
+                     f"{tokenizer_model}, is recorded in {record_path(result.outputs[0].prefix)})")
     return "\n".join(lines)
+
+
+def _record_tokenizer(prefixes: list[str], tokenizer_model: str):
+    """The tokenizer's record beside each dataset; a dataset whose record cannot be written
+    is removed with it (data without its tokenizer's record would not train as written)."""
+    tokenizer = load_tokenizer(tokenizer_model)
+    try:
+        for prefix in prefixes:
+            write_record(prefix, tokenizer)
+    except OSError:
+        for path in (p + ext for p in prefixes for ext in (".bin", ".idx", RECORD_SUFFIX)):
+            if os.path.exists(path):
+                os.unlink(path)
+        raise
 
 
 def main(argv=None) -> int:
@@ -101,6 +121,7 @@ def main(argv=None) -> int:
                             json_keys=args.json_keys, workers=args.workers,
                             append_eod=args.append_eod, text_documents=args.text_documents,
                             chunk_size=args.chunk_size, progress=not args.quiet)
+        _record_tokenizer([o.prefix for o in result.outputs], args.tokenizer_model)
     except InputError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ from Python's own documentation (builtin_corpus.py), built once and cached.
 Cache: $GLM_MEGATRON_CACHE, else $XDG_CACHE_HOME/glm_megatron, else ~/.cache/glm_megatron; inside
 it one folder per corpus version and Python version (the text comes from the installation):
     builtin-v2-py3.11.7/tokenizer.model
-    builtin-v2-py3.11.7/corpus_text_document.{bin,idx}
+    builtin-v2-py3.11.7/corpus_text_document.{bin,idx,tokenizer.json}
 Several processes may call ensure_builtin_data at once (torchrun): an exclusive lock on
 builtin-*/.lock lets one build while the others wait, then all reuse the files. Every file is
 written under a temporary name and renamed when complete, so a killed build leaves nothing that
@@ -22,6 +22,7 @@ from typing import Optional
 from .builtin_corpus import iter_builtin_documents
 from .indexed import write_indexed_dataset
 from .tokenizer import GLMTokenizer, train_sentencepiece
+from .tokenizer_record import record_path, write_record
 
 # ~1.7 MB of text: 8000 pieces keep the embedding small for the default CPU model while the
 # corpus still gives ~430k tokens. Training takes a few seconds.
@@ -47,7 +48,8 @@ def _paths(cache_dir: str) -> tuple[str, str]:
 
 def _is_complete(cache_dir: str) -> bool:
     prefix, model = _paths(cache_dir)
-    return all(os.path.isfile(p) for p in (model, prefix + ".bin", prefix + ".idx"))
+    return all(os.path.isfile(p) for p in (model, prefix + ".bin", prefix + ".idx",
+                                           record_path(prefix)))
 
 
 def _build(cache_dir: str):
@@ -63,6 +65,7 @@ def _build(cache_dir: str):
     tokenizer = GLMTokenizer(model)
     write_indexed_dataset((tokenizer.tokenize(d) for d in documents), prefix,
                           tokenizer.vocab_size, tokenizer.eod)
+    write_record(prefix, tokenizer)  # last: its presence marks a complete build
 
 
 def ensure_builtin_data(cache_dir: Optional[str] = None) -> tuple[str, str]:

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="finetune_glm.py",
         description="Finetune and evaluate a GLM model on a classification or multiple-choice "
                     "task. Run with torchrun for several processes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=arguments.HelpFormatter)
     _task_args(parser)
     _head_args(parser)
     g = parser.add_argument_group("length of the run")

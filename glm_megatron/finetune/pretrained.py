@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..checkpoint_format import recorded_tokenizer
 from ..config import ConfigError, GLMConfig
 from ..convert.checkpoint import CheckpointReader
 from ..convert.mapping import groups
@@ -55,13 +56,13 @@ def _tokenizer_path(reader: CheckpointReader, override: Optional[str], root: str
             raise ConfigError(f"--tokenizer-model {override} does not exist; give the "
                               "SentencePiece .model the checkpoint was trained with")
         return override
-    recorded, source = reader.tokenizer_path, reader.metadata.converted_from
-    imported = os.path.join(source or "", "tokenizer.model")
-    for path in (recorded, imported if source else None):
-        if path and os.path.isfile(path):
-            return path
+    found = recorded_tokenizer(reader.metadata)
+    if found is not None:
+        return found
+    source = reader.metadata.converted_from
+    recorded = reader.tokenizer_path or os.path.join(source or "", "tokenizer.model")
     raise ConfigError(f"{FLAG} {root} names no tokenizer that exists here (recorded: "
-                      f"{recorded or imported}); pass --tokenizer-model with the SentencePiece "
+                      f"{recorded}); pass --tokenizer-model with the SentencePiece "
                       ".model it was trained with")
 
 

@@ -29,9 +29,11 @@ from ..model.options import ExecutionOptions
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
 from ..parallel.schedules import get_forward_backward_func
+from ..data.tokenizer_record import tokenizer_record
 from ..training import checkpointing, run_records
 from ..training.checkpointing import CheckpointError, TrainingState
-from ..training.metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard
+from ..training.metrics import TrainingLogger, model_flops_per_iteration
+from ..training.writers import open_writers
 from ..training.pretrain import (build_scheduler, build_trainer, log, microbatches_per_rank,
                                  params_dtype, training_iteration, virtual_stages)
 from ..data.sampler import build_data_loader
@@ -210,7 +212,7 @@ def _records(job: FinetuneJob) -> dict:
                       global_batch_size=args.global_batch_size,
                       micro_batch_size=args.micro_batch_size,
                       prepend_cls=job.settings.prepend_cls)
-    return {"tokenizer": run_records.tokenizer_record(job.pretrained.tokenizer), "data": data,
+    return {"tokenizer": tokenizer_record(job.pretrained.tokenizer), "data": data,
             "schedule": run_records.schedule_record(args),
             "precision": run_records.precision(args), "finetune": job.settings.to_dict()}
 
@@ -304,7 +306,7 @@ def _predict(job: FinetuneJob, logger: TrainingLogger, iteration: int):
 
 def train(job: FinetuneJob, progress: TrainingState):
     args, ctx = job.args, job.ctx
-    writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
+    writer = open_writers(args, vars(args)) if ctx.is_rank_zero else None
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
     batches = iter(build_data_loader(job.stream, lambda items, _rng: job.data.collate(items),
                                      progress.consumed_samples, args.micro_batch_size,
@@ -333,12 +335,13 @@ def train(job: FinetuneJob, progress: TrainingState):
             log(f"best validation {best.metric}: {best.value:.4f} at iteration {best.iteration}")
     if writer is not None:
         writer.close()
+    if writer is not None and args.tensorboard_dir:
         log(f"TensorBoard logs in {os.path.abspath(args.tensorboard_dir)}")
 
 
 def evaluate_only(job: FinetuneJob):
     """--epochs 0: the pretrained checkpoint's validation metrics and predictions."""
-    writer = open_tensorboard(job.args.tensorboard_dir) if job.ctx.is_rank_zero else None
+    writer = open_writers(job.args, vars(job.args)) if job.ctx.is_rank_zero else None
     logger = TrainingLogger(job.args.log_interval, 0, writer)
     if "valid" in job.evaluators:
         job.validated_at, job.validation = 0, _evaluate(job, "valid", logger, 0)

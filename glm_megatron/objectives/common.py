@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-import torch
 
 SPECIAL_TOKEN_NAMES = ("mask", "smask", "gmask", "sop", "eop", "dblock", "pad", "eod")
 
@@ -138,7 +137,7 @@ def check_sentence_end_table(table, special: SpecialTokenIds) -> np.ndarray:
 def as_token_array(sample, max_length: int, index: int, keep: Optional[int] = None) -> np.ndarray:
     """One sample as int64 ids: at most `max_length` accepted, the first `keep` (default all)
     returned."""
-    if isinstance(sample, torch.Tensor):
+    if hasattr(sample, "numpy"):  # a torch tensor
         sample = sample.numpy()
     array = np.asarray(sample)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
@@ -158,6 +157,8 @@ def content_length(tokens: np.ndarray, pad: int) -> int:
 
 def to_batch(arrays: dict) -> dict:
     """numpy arrays -> torch tensors without copying."""
+    import torch  # here, not at the top: the flags (which import this module) load without it
+
     return {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in arrays.items()}
 
 

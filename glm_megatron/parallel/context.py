@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from .. import quiet_device_warnings
 from ..config import ConfigError
 from .random import TensorParallelRNG
 
@@ -122,6 +123,7 @@ def initialize_distributed(tensor: int = 1, pipeline: int = 1, device_name: str 
     from megatron.core import parallel_state as mpu
 
     device = resolve_device(device_name)
+    quiet_device_warnings(device.type)
     layout = check_layout(int(os.environ.get("WORLD_SIZE", 1)), tensor, pipeline)
     if not dist.is_initialized():
         _init_process_group(device, timeout_minutes)

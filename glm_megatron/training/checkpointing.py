@@ -49,7 +49,8 @@ def _os_error(path: str, error: OSError) -> CheckpointError:
 def _write(obj, path: str):
     """torch.save through a Python file, fsynced. A full disk fails a write with an OSError
     naming its cause, which torch's zip writer may bury under its own 'unexpected pos'
-    RuntimeError when it closes the archive: the OSError is what is reported."""
+    RuntimeError when it closes the archive: the OSError is what is reported (and a Ctrl-C
+    stays a KeyboardInterrupt)."""
     try:
         with open(path, "wb") as f:
             torch.save(obj, f)
@@ -57,6 +58,8 @@ def _write(obj, path: str):
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as error:
         cause = error if isinstance(error, OSError) else error.__context__
+        if isinstance(cause, KeyboardInterrupt):  # Ctrl-C mid-write: the zip writer's error on top
+            raise cause from None
         if not isinstance(cause, OSError):
             raise
         raise _os_error(path, cause) from None

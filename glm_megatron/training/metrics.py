@@ -32,13 +32,21 @@ def memory_megabytes(device: torch.device) -> tuple[float, str]:
 
 
 class TrainingLogger:
-    """Accumulates per-iteration values and prints Megatron-style lines every `interval`."""
+    """Accumulates per-iteration values and prints Megatron-style lines every `interval`, and
+    after the run's first iteration (a sign of life before the first interval ends), each with
+    the time left at the run's average pace so far."""
 
     def __init__(self, interval: int, train_iters: int, writer=None):
         self.interval, self.train_iters, self.writer = interval, train_iters, writer
         self._losses: list[float] = []
         self._elapsed = 0.0
+        self._run_elapsed, self._run_iterations = 0.0, 0  # since this process started
         self.skipped = self.nan = 0
+
+    def _time_left(self, it: int) -> str:
+        left = max(self.train_iters - it, 0)
+        seconds = round(self._run_elapsed / self._run_iterations * left)
+        return f"time left: {datetime.timedelta(seconds=seconds)} ({left} iterations)"
 
     def iteration(self, it: int, *, loss: float, lr: float, grad_norm: float, loss_scale: float,
                   applied: bool, elapsed: float, consumed_samples: int, batch_size: int,
@@ -49,13 +57,15 @@ class TrainingLogger:
             self.nan += 1
         self._losses.append(loss)
         self._elapsed += elapsed
+        self._run_elapsed += elapsed
+        self._run_iterations += 1
         if self.writer is not None:
             for tag, value in (("lm loss", loss), ("learning-rate", lr), ("grad-norm", grad_norm),
                                ("loss-scale", loss_scale), ("batch-size", batch_size),
                                ("iteration-time", elapsed)):
                 self.writer.add_scalar(tag, value, it)
             self.writer.add_scalar("lm loss vs samples", loss, consumed_samples)
-        if it % self.interval and it != self.train_iters:
+        if it % self.interval and it != self.train_iters and self._run_iterations > 1:
             return
         n = len(self._losses)
         per_iter = self._elapsed / n
@@ -74,6 +84,7 @@ class TrainingLogger:
             f"number of skipped iterations: {self.skipped:3d}",
             f"number of nan iterations: {self.nan:3d}",
             f"mem ({mem_kind}): {mem:.0f} MB",
+            self._time_left(it),
         ]
         if self.writer is not None:
             self.writer.add_scalar("throughput", flops / per_iter / world_size / 1e12, it)
@@ -85,19 +96,19 @@ class TrainingLogger:
         self.skipped = self.nan = 0
 
     def validation(self, it: int, loss: float, consumed_samples: int,
-                   parts: Optional[dict[str, float]] = None):
+                   parts: Optional[dict[str, float]] = None, split: str = "validation"):
         """`parts`: the loss of each part of the objective (blank infilling: of each span
-        kind), also logged, under `lm loss validation (PART)`."""
+        kind), also logged, under `lm loss validation (PART)`. `split`: validation or test."""
         parts = parts or {}
         if self.writer is not None:
-            self.writer.add_scalar("lm loss validation", loss, it)
-            self.writer.add_scalar("lm loss validation vs samples", loss, consumed_samples)
+            self.writer.add_scalar(f"lm loss {split}", loss, it)
+            self.writer.add_scalar(f"lm loss {split} vs samples", loss, consumed_samples)
             for part, value in parts.items():
-                self.writer.add_scalar(f"lm loss validation ({part})", value, it)
+                self.writer.add_scalar(f"lm loss {split} ({part})", value, it)
             self.writer.flush()
         bar = "-" * 80
         details = "".join(f" {part} loss: {value:.6E} |" for part, value in parts.items())
-        print_line(f"{bar}\n validation loss at iteration {it} | lm loss value: {loss:.6E} | "
+        print_line(f"{bar}\n {split} loss at iteration {it} | lm loss value: {loss:.6E} | "
                    f"lm loss PPL: {_ppl(loss):.6E} |{details}\n{bar}")
 
 

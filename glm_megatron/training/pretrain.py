@@ -12,41 +12,49 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
 import os
+import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from .. import arguments
-from ..checkpoint_format import CheckpointMetadata, Layout
+from .. import arguments, effective_config
+from ..checkpoint_format import (CheckpointMetadata, Layout, latest_iteration,
+                                 recorded_tokenizer)
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
-from ..data.datasets import DataError, build_datasets, split_weights
+from ..data.datasets import DataError, build_datasets, parse_data_path, split_weights
 from ..data.inputs import InputError
 from ..data.preprocess import load_tokenizer
 from ..data.sampler import build_data_loader
 from ..data.tokenizer import GLMTokenizer, padded_vocab_size
+from ..data.tokenizer_record import dataset_tokenizer, record_path, tokenizer_record
 from ..model.builder import build_model_chunks
 from ..model.chunks import ModelChunks
 from ..model.options import ExecutionOptions
 from ..objectives import (BLANK_MODES, BlankInfillingConfig, SpecialTokenIds, build_collator,
                           sentence_end_table)
 from ..parallel.agreement import raised_together
-from ..parallel.context import ParallelContext, initialize_distributed, shutdown
+from ..parallel.context import ParallelContext, all_reduce, initialize_distributed, shutdown
 from ..parallel.layer_split import virtual_stage_count
+from ..parallel.param_roles import role_of
+from ..parallel.sharding import full_shape
 from ..parallel.random import seed_all
+from ..presets import matching_preset
 from . import checkpointing, run_records, save_directory
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
 from .exit_conditions import ExitConditions, ignore_exit_signals
 from .losses import language_model_loss, mode_report_keys
-from .metrics import TrainingLogger, model_flops_per_iteration, open_tensorboard, print_line
+from .metrics import TrainingLogger, model_flops_per_iteration, print_line
 from .optimizer import DynamicLossScaler
 from .resume_checks import check_resume
 from .trainer import Trainer
+from .writers import open_writers
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,12 +74,26 @@ def microbatches_per_rank(args, ctx: ParallelContext) -> int:
     return args.global_batch_size // per_step
 
 
-def _resolve_data(args) -> tuple[list[str], GLMTokenizer]:
-    if args.data_path is None or args.tokenizer_model is None:
-        builtin_prefix, builtin_tokenizer = ensure_builtin_data()
-    data_path = args.data_path if args.data_path is not None else [builtin_prefix]
+def _resolve_data(args, saved: CheckpointMetadata | None = None
+                  ) -> tuple[list[str], GLMTokenizer]:
+    """--data-path (default: the built-in corpus) and its tokenizer: --tokenizer-model, which
+    must be the one the data records; else the recorded one; else, for data without a record,
+    the tokenizer of the checkpoint being loaded (the resume checks compare it with the
+    checkpoint's in every case)."""
+    data_path = args.data_path if args.data_path is not None else [ensure_builtin_data()[0]]
+    prefixes = parse_data_path(data_path)[0]
     try:
-        return data_path, load_tokenizer(args.tokenizer_model or builtin_tokenizer)
+        # A tokenizer given is checked for itself before it is compared with the data's.
+        given = load_tokenizer(args.tokenizer_model) if args.tokenizer_model else None
+        model = dataset_tokenizer(prefixes, args.tokenizer_model)
+        if model is None and saved is not None:
+            model = recorded_tokenizer(saved)
+        if model is None:
+            raise ConfigError(f"--data-path {prefixes[0]} does not record its tokenizer (no "
+                              f"{record_path(prefixes[0])}: not written by "
+                              "tools/preprocess_data.py); give --tokenizer-model the "
+                              "SentencePiece model it was preprocessed with")
+        return data_path, given or load_tokenizer(model)
     except InputError as error:  # missing, not SentencePiece, or unusable for GLM
         raise ConfigError(str(error)) from None
 
@@ -134,24 +156,21 @@ def _execution_options(args, length: int) -> ExecutionOptions:
 
 
 def _saved_checkpoint(args) -> CheckpointMetadata | None:
+    """The metadata of the checkpoint --load names; None (said) when the folder holds none.
+    A --load that does not exist is a typo, never a fresh start."""
     if not args.load:
         return None
-    metadata = (checkpointing.read_metadata(args.load, args.ckpt_step)
-                if os.path.isdir(args.load) else None)
+    if not os.path.isdir(args.load):
+        raise ConfigError(f"--load {args.load} does not exist; give the --save folder of an "
+                          "earlier run, or leave --load out to start from scratch")
+    metadata = checkpointing.read_metadata(args.load, args.ckpt_step)
     if metadata is None:
+        if args.exit_on_missing_checkpoint:
+            raise ConfigError(f"--load {args.load} holds no checkpoint (no "
+                              f"{checkpointing.TRACKER}) and --exit-on-missing-checkpoint is "
+                              "given")
         log(f"no checkpoint found in --load {args.load}: starting from scratch")
     return metadata
-
-
-def _check_config_matches(config: GLMConfig, saved: CheckpointMetadata | None, args):
-    if saved is None:
-        return
-    differing = {k: (v, config.to_dict().get(k)) for k, v in saved.config.items()
-                 if config.to_dict().get(k) != v}
-    if differing:
-        details = ", ".join(f"{k}: saved {a}, flags {b}" for k, (a, b) in differing.items())
-        raise ConfigError(f"--load {args.load} holds a different architecture ({details}); "
-                          "pass the same --model-preset and architecture flags")
 
 
 def build_scheduler(args, optimizer) -> OptimizerParamScheduler:
@@ -200,7 +219,10 @@ class Job:
     datasets: tuple
     collator: object  # (samples, rng) -> batch of static length collator.length
     records: dict  # what checkpoints record beside the weights (CheckpointMetadata fields)
-    validation_batches: list | None = None  # made at the first evaluation, reused after
+    arguments: dict = field(default_factory=dict)  # the effective configuration
+    arguments_text: str = ""  # ... as printed at start-up
+    # Per split (1: validation, 2: test), made at the first evaluation and reused after.
+    evaluation_batches: dict = field(default_factory=dict)
     last_checkpoint: tuple[str, int] | None = None  # (directory, iteration) loaded or saved
 
     def last_checkpoint_text(self) -> str:
@@ -222,32 +244,42 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
     _check_validation_split(args)
-    data_path, tokenizer = _resolve_data(args)
+    saved = _saved_checkpoint(args)
+    if args.skip_train and (saved is None or not args.eval_iters):
+        raise ConfigError("--skip-train evaluates a checkpoint on --eval-iters batches of the "
+                          "validation and test splits: give --load with a checkpoint and "
+                          "--eval-iters of at least 1")
+    architecture, implied = effective_config.architecture(
+        args, set(args.given_flags), saved.config if saved is not None else None)
+    data_path, tokenizer = _resolve_data(args, saved)
     collator, sentence_end = _collator(args, tokenizer)
     options = _execution_options(args, collator.length)
-    saved = _saved_checkpoint(args)
-    config = arguments.model_config(args, _vocab_size(args, tokenizer, saved))
+    config = effective_config.model_config(args, architecture,
+                                           _vocab_size(args, tokenizer, saved))
     config.check_tensor_parallel(layout.tensor)
-    _check_config_matches(config, saved, args)
     virtual = virtual_stages(args, config, num_microbatches)
     records = {"layout": Layout(layout.tensor, layout.pipeline, layout.data, virtual,
                                 args.decoder_first_pipeline_num_layers,
                                 args.decoder_last_pipeline_num_layers),
-               "tokenizer": run_records.tokenizer_record(tokenizer),
+               "tokenizer": tokenizer_record(tokenizer),
                "data": run_records.data_record(args, data_path),
                "schedule": run_records.schedule_record(args),
                "precision": run_records.precision(args)}
     if saved is not None:
-        check_resume(args.load, saved, args, data=records["data"], schedule=records["schedule"],
-                     tokenizer_path=tokenizer.model_path,
-                     tokenizer_sha256=records["tokenizer"].sha256)
+        check_resume(args.load, saved, args, config=config.to_dict(), data=records["data"],
+                     schedule=records["schedule"], tokenizer_path=tokenizer.model_path,
+                     tokenizer_sha256=records["tokenizer"].sha256,
+                     flag="--save" if getattr(args, "load_from_save", False) else "--load")
     # Every evaluation reads the same first validation samples, so losses are comparable.
-    eval_samples = args.eval_iters * args.global_batch_size if args.eval_interval else 0
+    evaluates = args.eval_interval or args.skip_train
+    eval_samples = args.eval_iters * args.global_batch_size if evaluates else 0
+    train_samples = 0 if args.skip_train else args.train_iters * args.global_batch_size
     datasets = build_datasets(
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
-        num_samples=(args.train_iters * args.global_batch_size, eval_samples, eval_samples),
+        num_samples=(train_samples, eval_samples, eval_samples),
         tokenizer=tokenizer, sentence_end=sentence_end)
-    log(f"layout {layout} on {ctx.device}, {num_microbatches} micro-batches of "
+    log(f"layout {layout} on {ctx.device} ({torch.get_num_threads()} threads per rank), "
+        f"{num_microbatches} micro-batches of "
         f"{args.micro_batch_size} x {collator.length} tokens per rank per iteration, objective "
         f"{args.objective}; data {' '.join(data_path)}; "
         f"tokenizer {tokenizer.model_path} ({tokenizer.vocab_size} tokens, padded to "
@@ -261,22 +293,41 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     trainer = build_trainer(args, model, ctx, num_microbatches, language_model_loss)
     optimizer = trainer.optimizer
     scheduler = build_scheduler(args, optimizer)
-    _own_save_directory(args, ctx, cleanup)
+    if not args.skip_train:
+        _own_save_directory(args, ctx, cleanup)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
-            args.load, model, optimizer, scheduler, ctx, iteration=args.ckpt_step,
-            load_optim=not args.no_load_optim, load_rng=not args.no_load_rng,
+            args.load, model, optimizer, None if args.skip_train else scheduler, ctx,
+            iteration=args.ckpt_step,
+            load_optim=not (args.no_load_optim or args.skip_train),
+            load_rng=not args.no_load_rng,
             finetune=args.finetune, log=log)
         log(f"loaded {args.load} at iteration {progress.iteration} "
             f"({progress.consumed_samples} samples consumed)")
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model {args.model_preset}: {config.num_layers} layers x {config.hidden_size}, "
-        f"{n_params / 1e6:.2f}M parameters on this rank, {dtype}")
-    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records)
+    preset = args.model_preset or matching_preset(config.to_dict()) or "(custom)"
+    log(f"model {preset}: {config.num_layers} layers x {config.hidden_size}, "
+        f"{_parameter_count(model, ctx) / 1e6:.2f}M parameters in all, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M on this rank, {dtype}")
+    settings = effective_config.effective_arguments(
+        args, config, data_path=data_path, tokenizer_model=tokenizer.model_path)
+    job = Job(args, ctx, config, model, trainer, scheduler, datasets, collator, records,
+              arguments=settings, arguments_text=effective_config.format_arguments(
+                  settings, args.implied + implied))
+    log(job.arguments_text)
     if saved is not None and not args.finetune:
         job.last_checkpoint = (args.load, progress.iteration)
     return job, progress
+
+
+def _parameter_count(model: ModelChunks, ctx: ParallelContext) -> int:
+    """The model's parameters over all ranks: each tensor-parallel shard counted at its full
+    size once, the last stage's copy of tied embeddings not at all, pipeline stages summed."""
+    local = sum(math.prod(full_shape(p, ctx.tp_size)) for p in model.parameters()
+                if role_of(p).tied_copy_of is None)
+    total = torch.tensor([local], dtype=torch.float64, device=ctx.device)
+    all_reduce(total, ctx.pp_group)
+    return int(total.item())
 
 
 def _own_save_directory(args, ctx: ParallelContext, cleanup: contextlib.ExitStack):
@@ -313,19 +364,36 @@ def _save(job: Job, progress: TrainingState):
         f"{os.path.abspath(checkpointing.iteration_dir(job.args.save, progress.iteration))}")
 
 
-def _validate(job: Job, logger: TrainingLogger, progress: TrainingState):
-    if job.datasets[1] is None or job.args.eval_iters == 0:
+_SPLIT_NAMES = {1: "validation", 2: "test"}
+
+
+def _validate(job: Job, logger: TrainingLogger, progress: TrainingState, split: int = 1):
+    """The loss on --eval-iters batches of a split (1: validation, 2: test), logged."""
+    if job.datasets[split] is None or job.args.eval_iters == 0:
         return
-    # The same validation samples (and masks) every time, so successive values are comparable:
-    # read and collated once.
-    if job.validation_batches is None:
+    # The same samples (and masks) every time, so successive values are comparable: read and
+    # collated once.
+    if split not in job.evaluation_batches:
         count = job.args.eval_iters * job.trainer.num_microbatches
-        job.validation_batches = list(itertools.islice(_loader(job, 1, 0), count))
-    outputs = job.trainer.evaluate(iter(job.validation_batches), job.args.eval_iters)
+        job.evaluation_batches[split] = list(itertools.islice(_loader(job, split, 0), count))
+    outputs = job.trainer.evaluate(iter(job.evaluation_batches[split]), job.args.eval_iters)
     loss = sum(output.mean_loss(job.ctx) for output in outputs) / len(outputs)
     parts = _span_kind_losses(job, outputs)
     if job.ctx.is_rank_zero:
-        logger.validation(progress.iteration, loss, progress.consumed_samples, parts)
+        logger.validation(progress.iteration, loss, progress.consumed_samples, parts,
+                          split=_SPLIT_NAMES[split])
+
+
+def evaluate_checkpoint(job: Job, progress: TrainingState) -> TrainingState:
+    """--skip-train: the loaded checkpoint's loss and perplexity on the validation and test
+    splits; nothing trained, nothing saved."""
+    writer = open_writers(job.args, job.arguments) if job.ctx.is_rank_zero else None
+    logger = TrainingLogger(job.args.log_interval, job.args.train_iters, writer)
+    for split in _SPLIT_NAMES:
+        _validate(job, logger, progress, split)
+    if writer is not None:
+        writer.close()
+    return progress
 
 
 # How the validation log names each span kind of blank infilling.
@@ -384,7 +452,10 @@ def training_iteration(trainer: Trainer, scheduler: OptimizerParamScheduler, bat
 def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> TrainingState:
     args = job.args
     ctx = job.ctx
-    writer = open_tensorboard(args.tensorboard_dir) if ctx.is_rank_zero else None
+    writer = open_writers(args, job.arguments) if ctx.is_rank_zero else None
+    if writer is not None:  # preformatted, as printed (Markdown would reflow it)
+        writer.add_text("arguments", "    " + job.arguments_text.replace("\n", "\n    "),
+                        progress.iteration)
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
     batches = iter(_loader(job, 0, progress.consumed_samples))
     # Counted over the rows the model runs: blank infilling's are longer than --seq-length.
@@ -392,6 +463,11 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
     tokens = args.global_batch_size * job.collator.length
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
     stopping = None
+    if progress.iteration >= stop_at:
+        log(f"iteration {progress.iteration} already reached (--train-iters {args.train_iters}"
+            f"{f', --exit-interval {args.exit_interval}' if args.exit_interval else ''}): "
+            "nothing to train; raise --train-iters (with --override-opt_param-scheduler) to "
+            "train on")
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
     while progress.iteration < stop_at and stopping is None:
@@ -410,6 +486,7 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
     _save(job, progress)
     if writer is not None:
         writer.close()
+    if writer is not None and args.tensorboard_dir:
         log(f"TensorBoard logs in {os.path.abspath(args.tensorboard_dir)}")
     return progress
 
@@ -418,20 +495,72 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
 RUN_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, TrainingDiverged)
 
 
-def pretrain(argv=None) -> TrainingState:
+def _announce_run_directories(args):
+    """First of all, what the run continues or keeps: rank 0 speaks for the job."""
+    resumed = save_directory.resume_from_save(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        if resumed:
+            print_line(resumed)
+        elif not args.save:
+            print_line("no --save: this run keeps no checkpoint")
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the message says where the run stopped, what was saved and how to resume."""
+
+
+# Flags a resume command leaves out: --save continues its own checkpoint.
+_NOT_RESUMED = {"--load": 1, "--ckpt-step": 1, "--finetune": 0}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run from its --save: the same flags, less those that
+    chose another starting point."""
+    kept, skip = [], 0
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip -= 1
+        elif name in _NOT_RESUMED:
+            skip = _NOT_RESUMED[name] if "=" not in arg else 0
+        else:
+            kept.append(arg)
+    launcher = "python" if int(os.environ.get("WORLD_SIZE", "1")) == 1 else \
+        f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')}"
+    return shlex.join([*launcher.split(), "pretrain_glm.py", *kept])
+
+
+def _interrupted(args, progress: TrainingState | None, argv: list[str]) -> Interrupted:
+    where = f"interrupted at iteration {progress.iteration}" if progress else \
+        "interrupted during set-up"
+    saved = latest_iteration(args.save) if args.save and os.path.isdir(args.save) else None
+    if saved is None:
+        return Interrupted(f"{where}; nothing saved" + ("" if args.save else " (no --save)"))
+    return Interrupted(f"{where}; the last saved iteration is {saved} in {args.save}; resume "
+                       f"with: {resume_command(argv)}")
+
+
+def pretrain(args: argparse.Namespace | None = None) -> TrainingState:
+    """The whole job for parsed flags (arguments.parse_args; default: sys.argv's)."""
     started = time.time()  # --exit-duration-in-mins counts from here, set-up included
-    args = arguments.parse_args(argv)
+    args = args if args is not None else arguments.parse_args()
+    _announce_run_directories(args)
     exits = ExitConditions(handle_signals=args.exit_signal_handler,
                            duration_minutes=args.exit_duration_in_mins, started=started)
-    together = False
+    together, progress = False, None
     try:
         with exits, contextlib.ExitStack() as cleanup:
             job, progress = setup(args, cleanup)
-            progress = train(job, progress, exits)
+            if args.skip_train:
+                progress = evaluate_checkpoint(job, progress)
+            else:
+                progress = train(job, progress, exits)
         together = True
         return progress
     except RUN_ERRORS:
         together = True
         raise
+    except KeyboardInterrupt:
+        raise _interrupted(args, progress, args.argv) from None
     finally:
         shutdown(barrier=together)

@@ -1,31 +1,14 @@
 """What a pretraining run records in its checkpoints beside the weights (the typed records of
 glm_megatron/checkpoint_format.py), filled from the flags and the resolved inputs. This is the
-one place that knows which flag fills which field."""
+one place that knows which flag fills which field (the tokenizer's record comes from
+data/tokenizer_record.py, which datasets share)."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 
-from ..checkpoint_format import DataRecord, DataSource, ScheduleRecord, TokenizerRecord
+from ..checkpoint_format import DataRecord, DataSource, ScheduleRecord
 from ..data.datasets import fingerprint, parse_data_path
-from ..data.tokenizer import GLMTokenizer
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tokenizer_record(tokenizer: GLMTokenizer) -> TokenizerRecord:
-    special = {"eos": tokenizer.eod, "pad": tokenizer.pad, "mask": tokenizer.mask,
-               "smask": tokenizer.smask, "gmask": tokenizer.gmask, "sop": tokenizer.sop,
-               "eop": tokenizer.eop}
-    return TokenizerRecord(path=tokenizer.model_path, sha256=_sha256(tokenizer.model_path),
-                           vocab_size=tokenizer.vocab_size, special_tokens=special)
 
 
 def data_record(args: argparse.Namespace, data_path: list[str]) -> DataRecord:

@@ -1,5 +1,6 @@
-"""The --save directory of a run: checked before anything is written, owned by one run at a
-time, cleaned of what crashes leave behind, and pruned (--keep-last-checkpoints).
+"""The --save directory of a run: checked before anything is written, continued when it already
+holds a checkpoint, owned by one run at a time, cleaned of what crashes leave behind, and
+pruned (--keep-last-checkpoints).
 
 The lock is a file in the directory naming its holder (pid, host, process start time) that the
 holder touches every HEARTBEAT_SECONDS. It is stale, and taken over with a note, when its holder
@@ -46,6 +47,22 @@ def check_writable(path: Optional[str], flag: str):
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: {existing} is not writable (read-only file system "
                           "or permissions); give a writable path")
+
+
+def resume_from_save(args) -> Optional[str]:
+    """A run whose --save already holds a checkpoint and that names no --load continues it (as
+    Megatron-LM launches pass one folder to both): sets args.load (and args.load_from_save)
+    and returns the line that says so; None when there is nothing to continue. Whether that checkpoint belongs to this
+    experiment is for the resume checks to decide."""
+    args.load_from_save = False
+    if args.load is not None or not args.save:
+        return None
+    iteration = latest_iteration(args.save)
+    if iteration is None:
+        return None
+    args.load, args.load_from_save = args.save, True
+    return (f"resuming from iteration {iteration} in --save {args.save}, which holds this "
+            "run's checkpoint (--load is implied; give another --save to start afresh)")
 
 
 def _process_start(pid: int) -> Optional[str]:
