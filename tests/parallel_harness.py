@@ -26,7 +26,8 @@ def train_layout(spec: dict, out_dir: str):
     seed_all(ctx, 1234)
     config = tiny_config(spec["preset"], num_layers=spec.get("layers", 4),
                          **spec.get("config", {}))
-    options = ExecutionOptions(spec.get("sp", False), *spec.get("recompute", (None, None, None)))
+    options = ExecutionOptions(spec.get("sp", False), *spec.get("recompute", (None, None, None)),
+                               compile_backend=spec.get("compile"))
     model = build_model_chunks(config, ctx, 7, options=options, virtual_stages=virtual)
     micro_batch = spec.get("micro_batch", MICRO_BATCH)
     trainer = make_trainer(ctx, model, GLOBAL_BATCH // (micro_batch * ctx.dp_size), lr=LR,

@@ -95,10 +95,15 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
             set_role(self.bias, init_constant=0.0)
 
     def forward(self, input_):
-        if self.tp_group is None:
-            output = _local_linear(input_, self.weight, self.bias)
-        else:
-            output, _ = super().forward(input_)
+        # megatron-core's forward for this configuration (input already split, bias added to
+        # the reduced output), written out: its own passes no TP group to the matmul, which
+        # then warns on rank 0, and under --compile that warning would split rank 0's graph.
+        output = _local_linear(input_, self.weight, None)
+        if self.tp_group is not None:
+            output = tensor_parallel.reduce_from_tensor_model_parallel_region(
+                output, group=self.tp_group)
+        if self.bias is not None:
+            output = output + self.bias
         if self.sequence_sharded:
             output = split_sequence(output, self.tp_group)
         return output, None
