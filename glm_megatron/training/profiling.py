@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from typing import Callable, Iterator
 
-import torch
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
 from ..config import ConfigError
 from ..parallel.context import ParallelContext
+from .metrics import print_line
 
 
 def trace_dir(args: argparse.Namespace) -> str:
@@ -34,10 +35,15 @@ def profiled_iterations(args: argparse.Namespace, ctx: ParallelContext
     activities = [ProfilerActivity.CPU]
     if ctx.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities, record_shapes=True,
+    folder = trace_dir(args)
+    write = tensorboard_trace_handler(folder, worker_name=f"rank{ctx.rank}")
+
+    def on_trace_ready(profiler):
+        write(profiler)
+        print_line(f"rank {ctx.rank}: torch.profiler trace of iterations {start} to {end - 1} "
+                   f"(from 0) written to {os.path.abspath(folder)}")
+
+    with profile(activities=activities, record_shapes=True, on_trace_ready=on_trace_ready,
                  schedule=schedule(wait=max(start - 1, 0), warmup=min(start, 1),
-                                   active=end - start, repeat=1),
-                 on_trace_ready=tensorboard_trace_handler(trace_dir(args),
-                                                          worker_name=f"rank{ctx.rank}")
-                 ) as profiler:
+                                   active=end - start, repeat=1)) as profiler:
         yield profiler.step
