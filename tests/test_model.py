@@ -76,8 +76,8 @@ def test_tp_divisibility_errors():
 
 
 def test_apex_norms_only_on_cuda(monkeypatch):
-    """apex's fused norms are picked on a CUDA run when apex imports, torch's otherwise (here a
-    stand-in apex module; the selection is what is tested)."""
+    """apex's fused norms are picked on a CUDA run when apex imports, torch's otherwise and in
+    compiled layers (here a stand-in apex module; the selection is what is tested)."""
     import sys
     import types
     from glm_megatron.model import layers
@@ -95,5 +95,15 @@ def test_apex_norms_only_on_cuda(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert layers._norm_classes(cuda) == (FusedLayerNorm, FusedRMSNorm)
     assert layers._norm_classes(cpu) == (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    assert layers._norm_classes(cuda, compiled=True) == (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    # A layer knows whether it is compiled (built on the host: no GPU needed to pick classes).
+    from glm_megatron.model.options import ExecutionOptions
+    from glm_megatron.model.transformer import TransformerLayer
+    from glm_megatron.parallel.context import single_process_context
+    config, on_cuda = tiny_config("chatglm3-tiny"), single_process_context("cuda")
+    assert type(TransformerLayer(config, on_cuda, ExecutionOptions()).input_layernorm) \
+        is FusedRMSNorm
+    compiled = ExecutionOptions(compile_backend="inductor")
+    assert type(TransformerLayer(config, on_cuda, compiled).input_layernorm) is torch.nn.RMSNorm
     monkeypatch.setitem(sys.modules, "apex.normalization", None)  # apex not installed
     assert layers._norm_classes(cuda) == (torch.nn.LayerNorm, torch.nn.RMSNorm)
