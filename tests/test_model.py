@@ -35,14 +35,23 @@ def test_part_a_is_bidirectional(ctx, preset):
     assert not torch.allclose(_logits(model, batch)[0, 0], _logits(model, changed)[0, 0])
 
 
-def test_causal_without_sep(ctx):
+def test_causal_without_sep(ctx, monkeypatch):
+    """Without sep attention is causal, through SDPA's causal flag: no mask tensor is made."""
     from glm_megatron.model.builder import build_model
     model = build_model(tiny_config("chatglm3-tiny"), ctx, seed=3).eval()
     batch = make_batch("causal", batch=1, seq=16, device=ctx.device)
     changed = {k: v.clone() for k, v in batch.items()}
     changed["tokens"][0, 8] = (changed["tokens"][0, 8] + 1) % VOCAB
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+
+    def recording_sdpa(*args, **kwargs):
+        calls.append((kwargs["attn_mask"], kwargs["is_causal"]))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
     before, after = _logits(model, batch), _logits(model, changed)
     torch.testing.assert_close(before[0, :8], after[0, :8], rtol=0, atol=0)
+    assert calls and all(mask is None and causal for mask, causal in calls)
 
 
 def test_mask_matches_definition():
