@@ -13,8 +13,10 @@ after clipping the gradient norm at 1.0. glm_megatron's AdamW updates fp32 maste
         --hidden-size 2048 --num-attention-heads 16 --ffn-hidden-size 5632 \\
         --vocab-size 151552 --seq-length 4096 --micro-batch-size 1 --matmul-size 8192
 
-Sides (`--frameworks`): `ours`; `transformers` (eager); `transformers-compile` (the same model
-under `torch.compile`, `--compile-backend` inductor by default; it compiles in the warm-up steps).
+Sides (`--frameworks`): `ours`; `ours-compile` (each transformer layer compiled, as
+`pretrain_glm.py --compile` does); `transformers` (eager); `transformers-compile` (the whole
+model under `torch.compile`). The compiled sides use `--compile-backend` (inductor by default)
+and compile in the warm-up steps.
 bf16 on the transformers sides (`--hf-bf16`): `autocast` (fp32 weights, gradients and AdamW
 state, forward under torch.autocast: what the transformers Trainer does with bf16=True) or
 `pure` (the model cast to bf16, AdamW state in bf16); `autocast,pure` times both. glm_megatron's
@@ -24,7 +26,9 @@ Timing: `--warmup` untimed steps, then `--steps` timed steps per side, the sides
 step by step so that load from other processes falls on all of them alike. Per side the table
 gives the fastest, median and slowest step; tokens/s and model FLOP/s use the median. The ratio
 ours / other is the other side's median step time over ours; its spread is the range of the
-per-turn ratios (step i of the other side over step i of ours). Model FLOPs are Megatron-LM's
+per-turn ratios (step i of the other side over step i of ours). `transformers-compile` is
+compared with `ours-compile` when both run (compiled against compiled), every other side with
+`ours`. Model FLOPs are Megatron-LM's
 formula (`glm_megatron.training.metrics.model_flops_per_iteration`); MFU is model FLOP/s over
 the torch.matmul rate of the same dtype measured in this run (best of `--matmul-reps` products
 of two `--matmul-size` square matrices, before and after the training runs).
@@ -48,7 +52,7 @@ from harness import (chatglm3_style_config, cpus, load_average, markdown_table, 
                      write_markdown)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-FRAMEWORKS = ("ours", "transformers", "transformers-compile")
+FRAMEWORKS = ("ours", "ours-compile", "transformers", "transformers-compile")
 HF_BF16_MODES = ("autocast", "pure")
 OPTIMIZER = ("torch's fused AdamW on every side (ours on fp32 master weights), gradient norm "
              "clipped at 1.0")
@@ -83,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how the transformers sides run bf16: autocast (default), pure, or "
                         "'autocast,pure'")
     p.add_argument("--compile-backend", default="inductor",
-                   help="torch.compile backend of transformers-compile (default inductor; "
+                   help="torch.compile backend of the compiled sides (default inductor; "
                         "aot_eager traces without generating kernels: a quick plumbing check)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="cuda when a GPU is visible, else cpu (default auto)")
@@ -252,10 +256,11 @@ def profile_step(step: Callable[[int], float], index: int, label: str, device: t
 
 
 def make_ours_step(config, args, dtype: torch.dtype, sequences: list[torch.Tensor],
-                   device: torch.device):
+                   device: torch.device, compiled: bool):
     """glm_megatron's training step (Trainer: model, fp32 gradient buffer, MixedPrecisionAdamW)
     in a one-process context: no process group needed."""
     from glm_megatron.model.builder import build_model_chunks
+    from glm_megatron.model.options import ExecutionOptions
     from glm_megatron.parallel.context import single_process_context
     from glm_megatron.parallel.random import seed_all
     from glm_megatron.training.losses import language_model_loss
@@ -263,7 +268,8 @@ def make_ours_step(config, args, dtype: torch.dtype, sequences: list[torch.Tenso
 
     ctx = single_process_context(device)
     seed_all(ctx, args.seed)
-    model = build_model_chunks(config, ctx, args.seed, params_dtype=dtype)
+    options = ExecutionOptions(compile_backend=args.compile_backend if compiled else None)
+    model = build_model_chunks(config, ctx, args.seed, params_dtype=dtype, options=options)
     trainer = Trainer(model, ctx, num_microbatches=1, loss_fn=language_model_loss, lr=1e-4,
                       weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8, clip_grad=1.0)
     b, s = args.micro_batch_size, args.seq_length
@@ -274,7 +280,8 @@ def make_ours_step(config, args, dtype: torch.dtype, sequences: list[torch.Tenso
     def step(i: int) -> float:
         return trainer.train_step(iter([batches[i % len(batches)]]))[0].mean_loss(ctx)
 
-    return step, "bf16 weights, fp32 grads + master" if dtype == torch.bfloat16 else "fp32"
+    precision = "bf16 weights, fp32 grads + master" if dtype == torch.bfloat16 else "fp32"
+    return step, precision + compile_note(args, compiled, "each layer ")
 
 
 def make_transformers_step(config, args, dtype: torch.dtype, sequences: list[torch.Tensor],
@@ -310,8 +317,11 @@ def make_transformers_step(config, args, dtype: torch.dtype, sequences: list[tor
         precision = "fp32 weights + autocast bf16"
     else:
         precision = "pure bf16 (weights + AdamW state)"
-    compile_note = f", torch.compile ({args.compile_backend})" if compiled else ""
-    return step, f"{precision}, attn={attention}{compile_note}"
+    return step, f"{precision}, attn={attention}" + compile_note(args, compiled, "")
+
+
+def compile_note(args, compiled: bool, what: str) -> str:
+    return f", {what}torch.compile ({args.compile_backend})" if compiled else ""
 
 
 def build_sides(config, args, dtype_name: str, sequences, device) -> tuple[dict, dict]:
@@ -319,9 +329,9 @@ def build_sides(config, args, dtype_name: str, sequences, device) -> tuple[dict,
     dtype = DTYPES[dtype_name]
     steps, precision = {}, {}
     for framework in args.frameworks:
-        if framework == "ours":
-            steps["ours"], precision["ours"] = make_ours_step(config, args, dtype, sequences,
-                                                              device)
+        if framework.startswith("ours"):
+            steps[framework], precision[framework] = make_ours_step(
+                config, args, dtype, sequences, device, compiled=framework == "ours-compile")
             continue
         modes = args.hf_bf16 if dtype_name == "bf16" else ["fp32"]
         for mode in modes:
@@ -344,13 +354,25 @@ def machine_line(device: torch.device) -> str:
             f"{transformers.__version__}, Python {platform.python_version()}")
 
 
-def ratio_to_ours(results: list[Result], other: Result) -> tuple[float, float, float] | None:
-    """(ratio of medians, lowest and highest per-turn ratio) of ours' speed over `other`'s."""
-    ours = next((r for r in results if r.dtype == other.dtype and r.framework == "ours"), None)
-    if ours is None or other is ours:
+def reference_side(results: list[Result], other: Result) -> Result | None:
+    """The side of ours that `other` is compared with: compiled with compiled, else eager."""
+    def find(name):
+        return next((r for r in results if r.dtype == other.dtype and r.framework == name), None)
+    if other.framework.startswith("ours"):
+        return None
+    compiled = find("ours-compile") if other.framework.startswith("transformers-compile") \
+        else None
+    return compiled or find("ours")
+
+
+def ratio_to_ours(results: list[Result], other: Result) -> tuple[float, float, float, str] | None:
+    """(ratio of medians, lowest and highest per-turn ratio, the side of ours) of ours' speed
+    over `other`'s."""
+    ours = reference_side(results, other)
+    if ours is None:
         return None
     turns = [theirs / mine for theirs, mine in zip(other.step_seconds, ours.step_seconds)]
-    return other.median_seconds / ours.median_seconds, min(turns), max(turns)
+    return other.median_seconds / ours.median_seconds, min(turns), max(turns), ours.framework
 
 
 def table_rows(results: list[Result], rates: dict[str, float]):
@@ -363,7 +385,8 @@ def table_rows(results: list[Result], rates: dict[str, float]):
         rows.append([r.dtype, r.framework, r.precision, f"{1000 * min(r.step_seconds):.1f}",
                      f"{1000 * r.median_seconds:.1f}", f"{1000 * max(r.step_seconds):.1f}",
                      f"{r.tokens_per_second:.0f}",
-                     "-" if ratio is None else f"{ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})",
+                     "-" if ratio is None
+                     else f"{ratio[3]}: {ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})",
                      f"{r.flops_per_second / 1e12:.3g}",
                      f"{100 * r.flops_per_second / rates[r.dtype]:.0f}%", f"{r.first_loss:.3f}"])
     return header, rows

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The first GPU: what glm_megatron needs is installed, the single-device tests pass on CUDA, and
-# the training step's throughput and MFU against transformers' GlmForCausalLM (eager and
-# torch.compile), plus the loss's peak memory at GLM-4's vocabulary. Under 8 minutes on one
-# H200; prints markdown tables to stdout.
+# the training step's throughput and MFU, eager and compiled, against transformers'
+# GlmForCausalLM (eager and torch.compile), plus the loss's peak memory at GLM-4's
+# vocabulary. At most 8.5 minutes on one H200; prints markdown tables to stdout.
 #
 #   benchmarks/gpu_check.sh          # on a machine with one CUDA GPU
 #   benchmarks/gpu_check.sh --dry    # on CPU with tiny sizes (tests/test_gpu_check.py runs it)
@@ -43,7 +43,9 @@ else
               --num-query-groups 2 --ffn-hidden-size 5632 --vocab-size 151552
               --seq-length 4096 --micro-batch-size 1 --steps 10 --warmup 3)
     LOSS=(--device cuda)           # vocab 151552, hidden 4096, seq 4096, bf16
-    LIMITS=(140 240 70)            # seconds per stage: with the set-up, under 8 minutes
+    # Caps in seconds per stage (8.5 minutes in all); the training stage times four sides, two
+    # of them compiled (ours layer by layer, transformers whole), not yet measured on a GPU.
+    LIMITS=(140 300 70)
 fi
 
 OUT_DIR="$(mktemp -d)"

@@ -155,6 +155,10 @@ def _parallel_args(parser: argparse.ArgumentParser):
     g.add_argument("--recompute-granularity", choices=["full", "selective"])
     g.add_argument("--recompute-method", choices=["uniform", "block"])
     g.add_argument("--recompute-num-layers", type=int)
+    g.add_argument("--compile", action="store_true",
+                   help="compile each transformer layer with torch.compile (inductor), as "
+                        "torchtitan's compile does: layer by layer, so compilation takes one "
+                        "layer's time whatever the depth; the first iterations include it")
     g.add_argument("--distributed-timeout-minutes", type=float, default=10,
                    help="a collective that waits longer for a rank (stalled, or dead without "
                         "closing its connections) fails the job")
@@ -230,6 +234,18 @@ def _checkpoint_and_logging_args(parser: argparse.ArgumentParser, pretraining: b
     g.add_argument("--wandb-save-dir", help="W&B's local files (default: W&B's, ./wandb)")
     g.add_argument("--tensorboard-dir", help="TensorBoard logs (default: none, no logs; the "
                                              "run without arguments: runs/builtin/tensorboard)")
+    g = parser.add_argument_group("profiling (torch.profiler, as Megatron-LM's "
+                                  "--use-pytorch-profiler)")
+    g.add_argument("--profile", action="store_true",
+                   help="record iterations --profile-step-start to --profile-step-end - 1 "
+                        "(counted from 0 in this run) on --profile-ranks; the trace goes to "
+                        "--profile-dir (TensorBoard's profiler plugin, Perfetto or "
+                        "chrome://tracing read it)")
+    g.add_argument("--profile-step-start", type=int, default=10)
+    g.add_argument("--profile-step-end", type=int, default=12)
+    g.add_argument("--profile-ranks", type=int, nargs="+", default=[0],
+                   help="global ranks to profile (default 0)")
+    g.add_argument("--profile-dir", help="where traces go (default --tensorboard-dir)")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -302,7 +318,7 @@ _AT_LEAST = {
     "decoder_first_pipeline_num_layers": 1, "decoder_last_pipeline_num_layers": 1,
     "recompute_num_layers": 1, "make_vocab_size_divisible_by": 1, "vocab_size": 1,
     "lr_warmup_iters": 0, "lr_decay_iters": 1, "lr_wsd_decay_iters": 1, "loss_scale_window": 1,
-    "hysteresis": 1, "keep_last_checkpoints": 1, "ckpt_step": 0,
+    "hysteresis": 1, "keep_last_checkpoints": 1, "ckpt_step": 0, "profile_step_start": 0,
     "lr": 0.0, "min_lr": 0.0, "weight_decay": 0.0, "clip_grad": 0.0, "adam_beta1": 0.0,
     "adam_beta2": 0.0,
 }
@@ -349,6 +365,9 @@ def check_shared_arguments(args: argparse.Namespace):
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
         raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
                           "are exclusive; pick one")
+    if args.profile_step_end <= args.profile_step_start:
+        raise ConfigError(f"--profile-step-end {args.profile_step_end} must be greater than "
+                          f"--profile-step-start {args.profile_step_start}")
     for flag in ("exit_signal_handler", "exit_duration_in_mins"):
         if getattr(args, flag) not in (None, False) and not args.save:
             raise ConfigError(f"--{flag.replace('_', '-')} saves before exiting: give --save")
@@ -391,3 +410,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.save = f"{BUILTIN_RUN_DIR}/checkpoints"
         args.tensorboard_dir = f"{BUILTIN_RUN_DIR}/tensorboard"
     return args
+
+
+def execution_options(args: argparse.Namespace):
+    """How the model runs (not what it is): sequence parallelism, recomputation, compilation."""
+    from .model.options import ExecutionOptions  # imports torch: only when a model is built
+
+    return ExecutionOptions(args.sequence_parallel, args.recompute_granularity,
+                            args.recompute_method, args.recompute_num_layers,
+                            compile_backend="inductor" if args.compile else None)

@@ -13,21 +13,25 @@ from glm_testing import make_trainer, micro_batches, tiny_config
 GLOBAL_BATCH, MICRO_BATCH, STEPS, LR = 4, 1, 3, 1e-2
 
 
-def train_layout(spec: dict, out_dir: str):
+def _context(spec: dict):
     import glm_megatron  # noqa: F401
+    from glm_megatron.parallel.context import initialize_distributed
+    return initialize_distributed(spec.get("tp", 1), spec.get("pp", 1), "cpu")
+
+
+def _train(ctx, spec: dict, out_dir: str):
     from glm_megatron.model.builder import build_model_chunks
     from glm_megatron.model.options import ExecutionOptions
-    from glm_megatron.parallel.context import initialize_distributed, shutdown
     from glm_megatron.parallel.random import seed_all
     from glm_megatron.parallel.sharding import gather_full
 
-    tp, pp, virtual = spec.get("tp", 1), spec.get("pp", 1), spec.get("virtual", 1)
-    ctx = initialize_distributed(tp, pp, "cpu")
     seed_all(ctx, 1234)
     config = tiny_config(spec["preset"], num_layers=spec.get("layers", 4),
                          **spec.get("config", {}))
-    options = ExecutionOptions(spec.get("sp", False), *spec.get("recompute", (None, None, None)))
-    model = build_model_chunks(config, ctx, 7, options=options, virtual_stages=virtual)
+    options = ExecutionOptions(spec.get("sp", False), *spec.get("recompute", (None, None, None)),
+                               compile_backend=spec.get("compile"))
+    model = build_model_chunks(config, ctx, 7, options=options,
+                               virtual_stages=spec.get("virtual", 1))
     micro_batch = spec.get("micro_batch", MICRO_BATCH)
     trainer = make_trainer(ctx, model, GLOBAL_BATCH // (micro_batch * ctx.dp_size), lr=LR,
                            distributed_optimizer=spec.get("distributed_optimizer", False),
@@ -40,10 +44,31 @@ def train_layout(spec: dict, out_dir: str):
         steps.append((output.mean_loss(ctx), grad_norm))
     params = {n: gather_full(p.detach(), p, ctx.tp_group)
               for n, p in model.written_parameters()}
+    os.makedirs(out_dir, exist_ok=True)
     if ctx.dp_rank == 0 and ctx.tp_rank == 0:
         torch.save(params, os.path.join(out_dir, f"params_pp{ctx.pp_rank}.pt"))
     if ctx.is_rank_zero:
         torch.save(steps, os.path.join(out_dir, "steps.pt"))
+
+
+def train_layout(spec: dict, out_dir: str):
+    from glm_megatron.parallel.context import shutdown
+    _train(_context(spec), spec, out_dir)
+    shutdown()
+
+
+def train_eager_and_compiled(spec: dict, out_dir: str):
+    """The layout trained eagerly (into out_dir/eager), then with its layers compiled by
+    spec["compile"] (out_dir/compiled), in the same processes; each rank also records how many
+    graphs Dynamo compiled (out_dir/compiled/graphs_rank{R}.pt)."""
+    import torch._dynamo.utils
+    from glm_megatron.parallel.context import shutdown
+
+    ctx = _context(spec)
+    _train(ctx, {**spec, "compile": None}, os.path.join(out_dir, "eager"))
+    _train(ctx, spec, os.path.join(out_dir, "compiled"))
+    torch.save(torch._dynamo.utils.counters["stats"]["unique_graphs"],
+               os.path.join(out_dir, "compiled", f"graphs_rank{ctx.rank}.pt"))
     shutdown()
 
 
@@ -53,3 +78,20 @@ def load_result(out_dir: str) -> tuple[list, dict]:
         if name.startswith("params_"):
             params.update(torch.load(os.path.join(out_dir, name)))
     return torch.load(os.path.join(out_dir, "steps.pt")), params
+
+
+def assert_same_training(reference: tuple[list, dict], result: tuple[list, dict], name: str):
+    """Per-step losses and gradient norms, and the parameters after the last step, equal within
+    fp32 tolerance."""
+    (ref_steps, ref_params), (steps, params) = reference, result
+    assert len(steps) == len(ref_steps)
+    for (ref_loss, ref_norm), (loss, norm) in zip(ref_steps, steps):
+        assert abs(ref_loss - loss) < 2e-5 * max(1.0, abs(ref_loss)), (name, ref_steps, steps)
+        assert abs(ref_norm - norm) < 1e-4 * ref_norm, (name, ref_steps, steps)
+    assert params.keys() == ref_params.keys()
+    # Adam moves a weight by ~lr whatever its gradient's size, so fp32 rounding differences in
+    # tiny gradients show up at a few percent of lr (1e-2) on single elements; a wrong gradient
+    # moves whole tensors by ~lr per step.
+    for key, value in ref_params.items():
+        torch.testing.assert_close(params[key], value, rtol=1e-3, atol=5e-4,
+                                   msg=lambda m: f"{name} {key}: {m}")

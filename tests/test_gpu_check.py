@@ -17,7 +17,8 @@ def test_dry_run_passes_every_stage():
     out = result.stdout
     assert "- megatron.core: " in out and "- transformers: " in out
     assert "tests/test_device.py::test_bf16_training_learns_and_its_checkpoint_resumes_on_cpu" in out
-    for side in ("| bf16 | ours |", "| bf16 | transformers |", "| bf16 | transformers-compile |"):
+    for side in ("| bf16 | ours |", "| bf16 | ours-compile |", "| bf16 | transformers |",
+                 "| bf16 | transformers-compile |"):
         assert side in out, side
     for method in ("| materialised |", "| logits |", "| chunked |"):
         assert method in out, method

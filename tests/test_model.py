@@ -35,14 +35,23 @@ def test_part_a_is_bidirectional(ctx, preset):
     assert not torch.allclose(_logits(model, batch)[0, 0], _logits(model, changed)[0, 0])
 
 
-def test_causal_without_sep(ctx):
+def test_causal_without_sep(ctx, monkeypatch):
+    """Without sep attention is causal, through SDPA's causal flag: no mask tensor is made."""
     from glm_megatron.model.builder import build_model
     model = build_model(tiny_config("chatglm3-tiny"), ctx, seed=3).eval()
     batch = make_batch("causal", batch=1, seq=16, device=ctx.device)
     changed = {k: v.clone() for k, v in batch.items()}
     changed["tokens"][0, 8] = (changed["tokens"][0, 8] + 1) % VOCAB
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+
+    def recording_sdpa(*args, **kwargs):
+        calls.append((kwargs["attn_mask"], kwargs["is_causal"]))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
     before, after = _logits(model, batch), _logits(model, changed)
     torch.testing.assert_close(before[0, :8], after[0, :8], rtol=0, atol=0)
+    assert calls and all(mask is None and causal for mask, causal in calls)
 
 
 def test_mask_matches_definition():
@@ -76,8 +85,8 @@ def test_tp_divisibility_errors():
 
 
 def test_apex_norms_only_on_cuda(monkeypatch):
-    """apex's fused norms are picked on a CUDA run when apex imports, torch's otherwise (here a
-    stand-in apex module; the selection is what is tested)."""
+    """apex's fused norms are picked on a CUDA run when apex imports, torch's otherwise and in
+    compiled layers (here a stand-in apex module; the selection is what is tested)."""
     import sys
     import types
     from glm_megatron.model import layers
@@ -95,5 +104,15 @@ def test_apex_norms_only_on_cuda(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert layers._norm_classes(cuda) == (FusedLayerNorm, FusedRMSNorm)
     assert layers._norm_classes(cpu) == (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    assert layers._norm_classes(cuda, compiled=True) == (torch.nn.LayerNorm, torch.nn.RMSNorm)
+    # A layer knows whether it is compiled (built on the host: no GPU needed to pick classes).
+    from glm_megatron.model.options import ExecutionOptions
+    from glm_megatron.model.transformer import TransformerLayer
+    from glm_megatron.parallel.context import single_process_context
+    config, on_cuda = tiny_config("chatglm3-tiny"), single_process_context("cuda")
+    assert type(TransformerLayer(config, on_cuda, ExecutionOptions()).input_layernorm) \
+        is FusedRMSNorm
+    compiled = ExecutionOptions(compile_backend="inductor")
+    assert type(TransformerLayer(config, on_cuda, compiled).input_layernorm) is torch.nn.RMSNorm
     monkeypatch.setitem(sys.modules, "apex.normalization", None)  # apex not installed
     assert layers._norm_classes(cuda) == (torch.nn.LayerNorm, torch.nn.RMSNorm)

@@ -77,11 +77,10 @@ def test_fp16_rotary_frequencies_match_chatglm6b(ctx):
     angles = torch.einsum("i,j->ij", t, inv_freq)
     published = torch.cat((angles, angles), dim=-1)
     positions = torch.arange(300)[None]
-    (cos, sin), _ = RotaryEmbedding(config)(positions, positions, torch.float32)
+    cos, sin = RotaryEmbedding(config).cos_sin(positions, torch.float32)
     torch.testing.assert_close(cos[:, 0, 0], published.cos().float(), rtol=0, atol=0)
     torch.testing.assert_close(sin[:, 0, 0], published.sin().float(), rtol=0, atol=0)
-    (cos32, _), _ = RotaryEmbedding(tiny_config("chatglm-6b-tiny"))(positions, positions,
-                                                                    torch.float32)
+    cos32, _ = RotaryEmbedding(tiny_config("chatglm-6b-tiny")).cos_sin(positions, torch.float32)
     assert not torch.equal(cos32, cos)  # the option is what makes them equal
 
 
@@ -99,7 +98,7 @@ def test_published_chatglm6b_imports_with_its_fp16_angles_and_remote_code_keeps_
     exported = layout.config_to_hf(config, Head(), SpecialTokens(), torch.float32)
     assert exported["rotary_fp16_frequencies"] is True
     positions = torch.arange(300)[None]
-    (ours, _), _ = RotaryEmbedding(config)(positions, positions, torch.float32)
+    ours, _ = RotaryEmbedding(config).cos_sin(positions, torch.float32)
     remote, _ = RotaryEmbedding2D(config.rotary_dim, fp16_frequencies=True)(positions,
                                                                             torch.float32)
     torch.testing.assert_close(remote[0, 0], ours[:, 0, 0], rtol=0, atol=0)

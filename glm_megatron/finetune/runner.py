@@ -21,11 +21,11 @@ from typing import Optional
 
 import torch.distributed as dist
 
+from ..arguments import execution_options
 from ..checkpoint_format import CheckpointMetadata, DataRecord
 from ..config import ConfigError
 from ..convert.checkpoint import CheckpointReader
 from ..model.chunks import ModelChunks
-from ..model.options import ExecutionOptions
 from ..parallel.context import ParallelContext, initialize_distributed, shutdown
 from ..parallel.random import seed_all
 from ..parallel.schedules import get_forward_backward_func
@@ -33,6 +33,7 @@ from ..data.tokenizer_record import tokenizer_record
 from ..training import checkpointing, run_records
 from ..training.checkpointing import CheckpointError, TrainingState
 from ..training.metrics import TrainingLogger, model_flops_per_iteration
+from ..training.profiling import profiled_iterations, trace_dir
 from ..training.writers import open_writers
 from ..training.pretrain import (build_scheduler, build_trainer, log, microbatches_per_rank,
                                  params_dtype, training_iteration, virtual_stages)
@@ -137,6 +138,8 @@ def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
     config = pretrained.config
     head = args.head or ("seq-cls" if pretrained.is_classifier else "cloze")
     _check_head_flags(args, head, pretrained)
+    if args.profile:
+        trace_dir(args)  # names the missing folder before anything runs
     if args.seq_length > config.max_position_embeddings:
         raise ConfigError(f"--seq-length {args.seq_length} exceeds the "
                           f"{config.max_position_embeddings} positions of "
@@ -170,8 +173,7 @@ def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
     label_set = data.task.label_set
     model = build_finetune_model(
         head, config, ctx, args.seed, params_dtype=params_dtype(args),
-        options=ExecutionOptions(args.sequence_parallel, args.recompute_granularity,
-                                 args.recompute_method, args.recompute_num_layers),
+        options=execution_options(args),
         virtual_stages=virtual, first_stage_layers=args.decoder_first_pipeline_num_layers,
         last_stage_layers=args.decoder_last_pipeline_num_layers,
         num_labels=label_set.num_labels if label_set is not None else None,
@@ -317,16 +319,19 @@ def train(job: FinetuneJob, progress: TrainingState):
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
     if progress.iteration == 0:
         _validate(job, logger, progress)
-    while progress.iteration < stop_at:
-        training_iteration(job.trainer, job.scheduler, batches, logger, progress,
-                           batch_size=args.global_batch_size, tokens=rows * args.seq_length,
-                           flops=flops, check_for_nan=args.check_for_nan_in_loss_and_grad)
-        finished = progress.iteration == args.train_iters
-        if progress.iteration % eval_interval == 0 or finished:
-            _validate(job, logger, progress)
-        if args.save_interval and progress.iteration % args.save_interval == 0 and \
-                progress.iteration < stop_at:
-            _save(job, progress)
+    with profiled_iterations(args, ctx) as profile_step:
+        while progress.iteration < stop_at:
+            training_iteration(job.trainer, job.scheduler, batches, logger, progress,
+                               batch_size=args.global_batch_size,
+                               tokens=rows * args.seq_length, flops=flops,
+                               check_for_nan=args.check_for_nan_in_loss_and_grad)
+            profile_step()
+            finished = progress.iteration == args.train_iters
+            if progress.iteration % eval_interval == 0 or finished:
+                _validate(job, logger, progress)
+            if args.save_interval and progress.iteration % args.save_interval == 0 and \
+                    progress.iteration < stop_at:
+                _save(job, progress)
     _save(job, progress)
     if progress.iteration == args.train_iters:
         _predict(job, logger, progress.iteration)

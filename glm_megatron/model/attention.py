@@ -90,11 +90,15 @@ class SelfAttention(torch.nn.Module):
         qkv, _ = self.linear_qkv(hidden)  # under sequence parallelism: the full sequence
         seq, batch = qkv.shape[:2]
         qkv = qkv.view(seq, batch, self.local_groups, self.queries_per_group + 2, self.head_dim)
-        query = qkv[:, :, :, :-2].reshape(seq, batch, -1, self.head_dim)
-        key, value = qkv[:, :, :, -2], qkv[:, :, :, -1]
+        # One split (its backward is one concatenation, where slicing would zero-fill a
+        # qkv-sized gradient per piece), rotated in the grouped layout, so that the query's
+        # reshape below is a view whenever RoPE made it contiguous.
+        query, key, value = qkv.split([self.queries_per_group, 1, 1], dim=3)
         if rotary is not None:
             query = rotary.apply(query, rotary_tables)
             key = rotary.apply(key, rotary_tables)
+        query = query.reshape(seq, batch, -1, self.head_dim)
+        key, value = key.squeeze(3), value.squeeze(3)
         if kv_cache is not None:
             key, value = kv_cache.append(key, value)
         if self.recompute_core and self.training:

@@ -13,6 +13,7 @@ from ..parallel.sharding import initialize_parameters
 from .chunks import ModelChunks
 from .glm import GLMForCausalLM, GLMForSequenceClassification
 from .options import ExecutionOptions
+from .transformer import TransformerLayer
 
 
 def build_model(config: GLMConfig, ctx: ParallelContext, seed: int, *,
@@ -31,7 +32,21 @@ def build_model(config: GLMConfig, ctx: ParallelContext, seed: int, *,
     else:
         model = GLMForSequenceClassification(config, ctx, num_labels, pad_token_id, options)
     initialize_parameters(model, seed, config.init_method_std, ctx.tp_rank, ctx.tp_size)
-    return model.to(device=ctx.device, dtype=params_dtype)
+    model = model.to(device=ctx.device, dtype=params_dtype)
+    if options.compile_backend is not None:
+        compile_layers(model, options.compile_backend)
+    return model
+
+
+def compile_layers(model: torch.nn.Module, backend: str):
+    """Regional compilation, as torchtitan does it: each transformer layer is compiled on its
+    own (in place, `Module.compile`), the embedding, loss, communication between stages and
+    recomputation boundaries stay eager. All layers run the same code, so Dynamo traces one
+    layer and the others reuse its graph with their own parameters: compile time does not grow
+    with depth."""
+    for module in model.modules():
+        if isinstance(module, TransformerLayer):
+            module.compile(backend=backend)
 
 
 def build_model_chunks(config: GLMConfig, ctx: ParallelContext, seed: int, *,

@@ -32,15 +32,16 @@ class Embedding(torch.nn.Module):
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
                 block_position_ids: Optional[torch.Tensor]) -> torch.Tensor:
         """tokens, positions [b, s] -> embeddings [s, b, h] ([s / tp, b, h] sequence-parallel)."""
-        embeddings = self.word_embeddings(tokens)
+        # Looked up in [s, b] order: the rows come out in the model's layout, with no transpose
+        # copy of the [b, s, h] result.
+        embeddings = self.word_embeddings(tokens.t())
         if self.position_embeddings is not None:
-            embeddings = embeddings + self.position_embeddings(position_ids)
+            embeddings = embeddings + self.position_embeddings(position_ids.t())
         if self.block_position_embeddings is not None:
-            embeddings = embeddings + self.block_position_embeddings(block_position_ids)
+            embeddings = embeddings + self.block_position_embeddings(block_position_ids.t())
         if self.gradient_shrink != 1.0:  # GLM-130B: same value, gradient scaled by alpha
             alpha = self.gradient_shrink
             embeddings = embeddings * alpha + embeddings.detach() * (1.0 - alpha)
-        embeddings = embeddings.transpose(0, 1).contiguous()
         if self.sequence_parallel:
             embeddings = split_sequence(embeddings, self.ctx.tp_group)
         # Sequence shards differ across TP ranks, so their dropout masks must differ too.

@@ -95,10 +95,15 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
             set_role(self.bias, init_constant=0.0)
 
     def forward(self, input_):
-        if self.tp_group is None:
-            output = _local_linear(input_, self.weight, self.bias)
-        else:
-            output, _ = super().forward(input_)
+        # megatron-core's forward for this configuration (input already split, bias added to
+        # the reduced output), written out: its own passes no TP group to the matmul, which
+        # then warns on rank 0, and under --compile that warning would split rank 0's graph.
+        output = _local_linear(input_, self.weight, None)
+        if self.tp_group is not None:
+            output = tensor_parallel.reduce_from_tensor_model_parallel_region(
+                output, group=self.tp_group)
+        if self.bias is not None:
+            output = output + self.bias
         if self.sequence_sharded:
             output = split_sequence(output, self.tp_group)
         return output, None
@@ -119,12 +124,14 @@ class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):
         return super().forward(input_)
 
 
-def _norm_classes(device: torch.device):
+def _norm_classes(device: torch.device, compiled: bool = False):
     """apex's fused norms on a CUDA run where apex is importable, else torch's. (On CPU apex
-    only falls back to torch. Transformer Engine's norms are not used: they add an
-    `_extra_state` entry per norm to the state dict, which the checkpoint and conversion
-    layouts do not have.)"""
-    if device.type == "cuda":
+    only falls back to torch. In a compiled layer torch's norms let inductor fuse the norm with
+    the residual add around it, where apex's kernel, opaque to Dynamo, would split the graph.
+    Transformer Engine's norms are not used: they add an `_extra_state` entry per norm to the
+    state dict, which the checkpoint and conversion layouts do not have, and run outside
+    torch.compile.)"""
+    if device.type == "cuda" and not compiled:
         try:
             from apex.normalization import FusedLayerNorm, FusedRMSNorm
             return FusedLayerNorm, FusedRMSNorm
@@ -133,9 +140,10 @@ def _norm_classes(device: torch.device):
     return torch.nn.LayerNorm, torch.nn.RMSNorm
 
 
-def norm(config: GLMConfig, device: torch.device, sequence_parallel: bool = False
-         ) -> torch.nn.Module:
-    layer_norm, rms_norm = _norm_classes(device)
+def norm(config: GLMConfig, device: torch.device, sequence_parallel: bool = False,
+         compiled: bool = False) -> torch.nn.Module:
+    """The config's norm; `compiled`: it runs inside a torch.compile'd layer."""
+    layer_norm, rms_norm = _norm_classes(device, compiled)
     if config.normalization == "RMSNorm":
         module = rms_norm(config.hidden_size, eps=config.norm_epsilon)
     else:

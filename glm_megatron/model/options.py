@@ -15,6 +15,9 @@ class ExecutionOptions:
     recompute_granularity: Optional[str] = None  # None | "full" | "selective"
     recompute_method: Optional[str] = None  # "uniform" | "block" (full granularity)
     recompute_num_layers: Optional[int] = None
+    # torch.compile backend applied to each transformer layer (--compile: "inductor"); None
+    # runs eagerly.
+    compile_backend: Optional[str] = None
 
     def __post_init__(self):
         if self.recompute_granularity not in (None, "full", "selective"):

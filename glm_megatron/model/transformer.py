@@ -25,16 +25,16 @@ class TransformerLayer(torch.nn.Module):
     def __init__(self, config: GLMConfig, ctx: ParallelContext, options: ExecutionOptions):
         super().__init__()
         self.config = config
-        sp = options.sequence_parallel
-        self.input_layernorm = norm(config, ctx.device, sp)
+        sp, compiled = options.sequence_parallel, options.compile_backend is not None
+        self.input_layernorm = norm(config, ctx.device, sp, compiled)
         self.self_attention = SelfAttention(
             config, ctx, sequence_parallel=sp,
             recompute_core=options.recompute_granularity == "selective")
-        self.pre_mlp_layernorm = norm(config, ctx.device, sp)
+        self.pre_mlp_layernorm = norm(config, ctx.device, sp, compiled)
         self.mlp = MLP(config, ctx, sp)
         if config.post_sublayer_norms:
-            self.post_self_attn_layernorm = norm(config, ctx.device, sp)
-            self.post_mlp_layernorm = norm(config, ctx.device, sp)
+            self.post_self_attn_layernorm = norm(config, ctx.device, sp, compiled)
+            self.post_mlp_layernorm = norm(config, ctx.device, sp, compiled)
 
     def _residual_add(self, residual_in, normed_in, sublayer_out, post_norm):
         if post_norm is not None:

@@ -8,9 +8,9 @@ for the recomputation too.
 from __future__ import annotations
 
 import contextlib
-
 import functools
 
+import torch
 import torch.utils.checkpoint
 
 from .random import TensorParallelRNG
@@ -30,6 +30,12 @@ def _contexts(rng: TensorParallelRNG):
     return contextlib.nullcontext(), _tp_rng_state(rng, rng.state_dict())
 
 
+# Under torch.compile (--compile) Dynamo would turn torch.utils.checkpoint into its own
+# recomputation operator, which takes only TorchDispatchMode contexts, not the swap of the
+# tensor-parallel generator above. The recomputed region runs eagerly instead: it is the
+# attention core (one kernel) under selective recomputation, and whole compiled layers under
+# full recomputation, where the boundary lies outside them anyway.
+@torch.compiler.disable
 def checkpoint(rng: TensorParallelRNG, function, *args):
     """Recompute `function(*args)` in the backward pass with the same default and
     tensor-parallel (`rng`) generator states as its forward."""

@@ -45,7 +45,7 @@ from ..parallel.param_roles import role_of
 from ..parallel.sharding import full_shape
 from ..parallel.random import seed_all
 from ..presets import matching_preset
-from . import checkpointing, run_records, save_directory
+from . import checkpointing, profiling, run_records, save_directory
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
 from .exit_conditions import ExitConditions, ignore_exit_signals
@@ -151,8 +151,7 @@ def _execution_options(args, length: int) -> ExecutionOptions:
         raise ConfigError(f"--sequence-parallel needs the batch length {length} (--seq-length "
                           f"{args.seq_length} with --objective {args.objective}) divisible by "
                           f"--tensor-model-parallel-size {args.tensor_model_parallel_size}")
-    return ExecutionOptions(args.sequence_parallel, args.recompute_granularity,
-                            args.recompute_method, args.recompute_num_layers)
+    return arguments.execution_options(args)
 
 
 def _saved_checkpoint(args) -> CheckpointMetadata | None:
@@ -240,6 +239,8 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
                                  timeout_minutes=args.distributed_timeout_minutes)
     save_directory.check_writable(args.save, "--save")
     save_directory.check_writable(args.tensorboard_dir, "--tensorboard-dir")
+    if args.profile:
+        save_directory.check_writable(profiling.trace_dir(args), "--profile-dir")
     layout = ctx.layout
     num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
@@ -470,15 +471,17 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
             "train on")
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
-    while progress.iteration < stop_at and stopping is None:
-        training_iteration(job.trainer, job.scheduler, batches, logger, progress,
-                           batch_size=args.global_batch_size, tokens=tokens, flops=flops,
-                           check_for_nan=args.check_for_nan_in_loss_and_grad)
-        if args.eval_interval and progress.iteration % args.eval_interval == 0:
-            _validate(job, logger, progress)
-        if args.save_interval and progress.iteration % args.save_interval == 0:
-            _save(job, progress)
-        stopping = exits.reason(ctx)
+    with profiling.profiled_iterations(args, ctx) as profile_step:
+        while progress.iteration < stop_at and stopping is None:
+            training_iteration(job.trainer, job.scheduler, batches, logger, progress,
+                               batch_size=args.global_batch_size, tokens=tokens, flops=flops,
+                               check_for_nan=args.check_for_nan_in_loss_and_grad)
+            profile_step()
+            if args.eval_interval and progress.iteration % args.eval_interval == 0:
+                _validate(job, logger, progress)
+            if args.save_interval and progress.iteration % args.save_interval == 0:
+                _save(job, progress)
+            stopping = exits.reason(ctx)
     if stopping is not None:
         log(f"{stopping}: saving iteration {progress.iteration} and exiting")
     elif args.eval_interval and progress.iteration % args.eval_interval:
