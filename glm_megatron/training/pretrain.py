@@ -27,7 +27,8 @@ from ..checkpoint_format import (CheckpointMetadata, Layout, latest_iteration,
                                  recorded_tokenizer)
 from ..config import ConfigError, GLMConfig
 from ..data.builtin import ensure_builtin_data
-from ..data.datasets import DataError, build_datasets, parse_data_path, split_weights
+from ..data.datasets import (DataError, build_datasets, parse_data_path, read_sequence_lengths,
+                             split_weights)
 from ..data.inputs import InputError
 from ..data.preprocess import load_tokenizer
 from ..data.sampler import build_data_loader
@@ -82,6 +83,8 @@ def _resolve_data(args, saved: CheckpointMetadata | None = None
     checkpoint's in every case)."""
     data_path = args.data_path if args.data_path is not None else [ensure_builtin_data()[0]]
     prefixes = parse_data_path(data_path)[0]
+    for prefix in prefixes:  # missing or damaged data is named before its tokenizer
+        read_sequence_lengths(prefix)
     try:
         # A tokenizer given is checked for itself before it is compared with the data's.
         given = load_tokenizer(args.tokenizer_model) if args.tokenizer_model else None
