@@ -2,7 +2,8 @@
 # The first GPU: what glm_megatron needs is installed, the single-device tests pass on CUDA, and
 # the training step's throughput and MFU, eager and compiled, against transformers'
 # GlmForCausalLM (eager and torch.compile), plus the loss's peak memory at GLM-4's
-# vocabulary. At most 8.5 minutes on one H200; prints markdown tables to stdout.
+# vocabulary. At most 7.5 minutes on one H200 (the stage limits below); prints markdown
+# tables to stdout.
 #
 #   benchmarks/gpu_check.sh          # on a machine with one CUDA GPU
 #   benchmarks/gpu_check.sh --dry    # on CPU with tiny sizes (tests/test_gpu_check.py runs it)
@@ -45,7 +46,7 @@ else
     LOSS=(--device cuda)           # vocab 151552, hidden 4096, seq 4096, bf16
     # Caps in seconds per stage (8.5 minutes in all); the training stage times four sides, two
     # of them compiled (ours layer by layer, transformers whole), not yet measured on a GPU.
-    LIMITS=(140 300 70)
+    LIMITS=(120 270 60)
 fi
 
 OUT_DIR="$(mktemp -d)"
