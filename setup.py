@@ -17,7 +17,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.57", "safetensors>=0.4"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "transformers>=4.57", "safetensors>=0.4"],
         # Loading exports with transformers (README: Export to Hugging Face).
         "hf": ["transformers>=4.57", "safetensors>=0.4"],
     },

@@ -364,19 +364,21 @@ def test_format_1_checkpoints_keep_loading(tmp_path, saved_run):
 
 
 def test_metadata_names_no_flags_and_reads_without_megatron_core(saved_run):
-    """Format 2 holds typed records, not the flag namespace, and the tools read it without
-    importing megatron-core (or the flag parser)."""
+    """Format 2 holds typed records, not the flag namespace, and reads without importing
+    megatron-core (or the flag parser)."""
     with open(os.path.join(saved_run, ITER4, "metadata.json")) as f:
         metadata = json.load(f)
     assert metadata["format_version"] == 2 and "args" not in metadata
     assert set(metadata) == {"format_version", "iteration", "consumed_samples", "config",
                              "layout", "contents", "tokenizer", "data", "schedule",
                              "precision", "converted_from", "hf_layout", "finetune"}
+    # What a checkpoint holds is known without megatron-core (or the flag parser); validating
+    # its tensors needs the model's schema, which needs the model's layers.
     probe = ("import sys; sys.modules['megatron'] = None; "
              "sys.modules['glm_megatron.arguments'] = None; "
-             "from glm_megatron.convert.checkpoint import CheckpointReader; "
-             f"r = CheckpointReader({saved_run!r}); "
-             "print(r.iteration, r.tokenizer_path is not None, r.has_optimizer_state())")
+             "from glm_megatron.checkpoint_format import find_checkpoint, recorded_tokenizer; "
+             f"_, m = find_checkpoint({saved_run!r}); "
+             "print(m.iteration, recorded_tokenizer(m) is not None, m.contents.optimizer)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     assert result.returncode == 0, result.stderr[-3000:]

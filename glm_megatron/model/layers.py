@@ -10,9 +10,11 @@ one-process model runs without torch.distributed. Layers are built without drawi
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
-from megatron.core import ModelParallelConfig, tensor_parallel
+from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel
 
 from ..config import GLMConfig
 from ..parallel.context import ParallelContext
@@ -32,6 +34,22 @@ def _megatron_config(ctx: ParallelContext) -> ModelParallelConfig:
     )
 
 
+@contextlib.contextmanager
+def _megatron_sees(ctx: ParallelContext):
+    """megatron-core replaces a missing tp_group by its global TP group once parallel_state is
+    initialized; a one-process context (no group) built in such a process, as the conversion
+    schema is, must still be unsharded, so the globals are hidden while its layers are built."""
+    if ctx.tp_group is not None or not parallel_state.is_initialized():
+        yield
+        return
+    initialized = parallel_state.is_initialized
+    parallel_state.is_initialized = lambda: False
+    try:
+        yield
+    finally:
+        parallel_state.is_initialized = initialized
+
+
 def _no_init(_weight):
     return None
 
@@ -49,10 +67,11 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
     def __init__(self, in_features: int, out_features: int, ctx: ParallelContext, *,
                  bias: bool, stride: int = 1, sequence_parallel: bool = False,
                  init_std: float | torch.Tensor | None = None, skip_weight_param_allocation: bool = False):
-        super().__init__(in_features, out_features, config=_megatron_config(ctx),
-                         init_method=_no_init, bias=bias, gather_output=False, stride=stride,
-                         tp_group=ctx.tp_group, disable_grad_reduce=sequence_parallel,
-                         skip_weight_param_allocation=skip_weight_param_allocation)
+        with _megatron_sees(ctx):
+            super().__init__(in_features, out_features, config=_megatron_config(ctx),
+                             init_method=_no_init, bias=bias, gather_output=False, stride=stride,
+                             tp_group=ctx.tp_group, disable_grad_reduce=sequence_parallel,
+                             skip_weight_param_allocation=skip_weight_param_allocation)
         # Not `sequence_parallel`: megatron-core's forward reads that name for its own path.
         self.tp_group, self.sequence_sharded = ctx.tp_group, sequence_parallel
         if self.weight is not None:
@@ -84,9 +103,10 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
 
     def __init__(self, in_features: int, out_features: int, ctx: ParallelContext, *,
                  bias: bool, sequence_parallel: bool = False, init_std: float | torch.Tensor | None = None):
-        super().__init__(in_features, out_features, config=_megatron_config(ctx),
-                         init_method=_no_init, bias=bias, input_is_parallel=True,
-                         skip_bias_add=False, tp_group=ctx.tp_group)
+        with _megatron_sees(ctx):
+            super().__init__(in_features, out_features, config=_megatron_config(ctx),
+                             init_method=_no_init, bias=bias, input_is_parallel=True,
+                             skip_bias_add=False, tp_group=ctx.tp_group)
         self.tp_group, self.sequence_sharded = ctx.tp_group, sequence_parallel
         set_role(self.weight, partition=(1, 1), init_std=init_std)
         if self.bias is not None:
@@ -113,8 +133,9 @@ class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):
     """Vocabulary rows split over TP ranks; lookups summed over TP."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, ctx: ParallelContext):
-        super().__init__(num_embeddings, embedding_dim, init_method=_no_init,
-                         config=_megatron_config(ctx), tp_group=ctx.tp_group)
+        with _megatron_sees(ctx):
+            super().__init__(num_embeddings, embedding_dim, init_method=_no_init,
+                             config=_megatron_config(ctx), tp_group=ctx.tp_group)
         self.tp_group = ctx.tp_group
         set_role(self.weight, partition=(0, 1))
 
