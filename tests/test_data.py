@@ -1,6 +1,8 @@
 """Data pipeline: tokenizer, built-in corpus cache, indexed files, datasets, sampler, errors."""
 
+import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from glm_megatron.data.builtin import builtin_cache_dir, ensure_builtin_data
 from glm_megatron.data.builtin_corpus import MIN_DOCUMENT_CHARS, iter_builtin_documents
 from glm_megatron.data.datasets import DataError, build_datasets
 from glm_megatron.data.indexed import write_indexed_dataset
-from glm_megatron.data.sampler import build_data_loader
+from glm_megatron.data.sampler import _ctrl_c_after_the_block, build_data_loader
 from glm_megatron.data.tokenizer import SPECIAL_TOKENS, GLMTokenizer, padded_vocab_size
 from glm_megatron.objectives import CausalCollator
 from multiprocess import run_distributed
@@ -233,6 +235,43 @@ def test_two_ranks_build_together_and_split_the_global_batch(builtin, world, tmp
     for step in range(2):
         merged = torch.stack([ranks[r][step].view(2, 2, SEQ) for r in range(2)], 1)
         assert torch.equal(merged.reshape(8, SEQ), full[step + 1])
+
+
+def _numbered(items, _rng):
+    return {"x": torch.tensor(items)}
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_waits_for_the_batch_in_flight_and_a_second_one_does_not(ctrl_c_raises):
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after_the_block():
+            signal.raise_signal(signal.SIGINT)
+            finished.append(True)
+    assert finished
+    with pytest.raises(KeyboardInterrupt):
+        with _ctrl_c_after_the_block():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            finished.append(False)
+    assert finished == [True]
+
+
+def test_workers_leave_ctrl_c_to_the_training_process(ctrl_c_raises):
+    batches = iter(build_data_loader(list(range(64)), _numbered, 0, 2, 0, 1, seed=0,
+                                     num_workers=2))
+    assert next(batches)["x"].tolist() == [0, 1]
+    workers = multiprocessing.active_children()
+    assert len(workers) == 2
+    for worker in workers:  # Ctrl-C reaches the terminal's whole process group
+        os.kill(worker.pid, signal.SIGINT)
+    assert [next(batches)["x"].tolist() for _ in range(8)][-1] == [16, 17]
 
 
 # Errors ---------------------------------------------------------------------------------------

@@ -10,12 +10,19 @@ The order depends only on the dataset (i.e. the seed), never on the loader.
 Each micro-batch is collated by the objective in the DataLoader worker that fetches it, with a
 random generator keyed by the micro-batch's ordinal in the stream (its first sample // mbs):
 the same samples get the same masks at any DP size, in any worker, and after a resume.
+
+Ctrl-C is the training process's business: workers ignore it (it reaches the terminal's whole
+process group) and are shut down by the loader, and the training process takes it between
+batches, not while a worker hands it one (see `MicroBatchLoader`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
-from typing import Callable, Iterator, NamedTuple, Optional
+import signal
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
@@ -68,19 +75,65 @@ class CollatedMicroBatches(torch.utils.data.Dataset):
         return self.collate([self.samples[i] for i in ref.indices], rng)
 
 
+def _ignore(signals: tuple[int, ...], _worker_id: int):
+    for number in signals:
+        signal.signal(number, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_the_block():
+    """Holds a first Ctrl-C until the block ends (a second one interrupts at once)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored (a background job) or default: nothing to hold
+        yield
+        return
+    pressed = []
+
+    def hold(number, frame):
+        if pressed:
+            previous(number, frame)
+        pressed.append(number)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        previous(signal.SIGINT, None)
+
+
+class MicroBatchLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose batches arrive whole. A worker hands over a batch's tensors through a
+    handshake with the training process (file descriptors over a socket); a Ctrl-C in the
+    middle of it left the worker's sharing thread printing a reset connection's traceback."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        if self.num_workers == 0:
+            yield from batches
+            return
+        while True:
+            with _ctrl_c_after_the_block():
+                batch = next(batches, None)
+            if batch is None:
+                return
+            yield batch
+
+
 def build_data_loader(samples, collate: Callable, consumed_samples: int, micro_batch_size: int,
                       data_parallel_rank: int, data_parallel_size: int, seed: int,
                       split: int = 0, num_workers: int = 0,
-                      worker_init_fn: Optional[Callable[[int], None]] = None
-                      ) -> torch.utils.data.DataLoader:
+                      workers_ignore: tuple[int, ...] = ()) -> MicroBatchLoader:
     """An endless DataLoader of this rank's micro-batches (dicts of stacked tensors).
     `collate(samples, rng)` is the objective's collator; `split` (0 train, 1 valid, 2 test)
-    keys its random streams apart."""
+    keys its random streams apart. Workers ignore Ctrl-C and the signals `workers_ignore`."""
     sampler = PretrainingBatchSampler(len(samples), consumed_samples, micro_batch_size,
                                       data_parallel_rank, data_parallel_size)
     # A generator of its own: every iterator draws its workers' base seed from it, and drawing
     # from the global one would shift dropout after a resume (one iterator more or less).
-    return torch.utils.data.DataLoader(
+    return MicroBatchLoader(
         CollatedMicroBatches(samples, collate, seed, split), sampler=sampler, batch_size=None,
         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-        worker_init_fn=worker_init_fn, generator=torch.Generator().manual_seed(seed))
+        worker_init_fn=functools.partial(_ignore, (signal.SIGINT, *workers_ignore)),
+        generator=torch.Generator().manual_seed(seed))

@@ -7,8 +7,8 @@ before the limit), often not all ranks at the same moment. After every iteration
 agree with one all-reduce (MAX) of [signal received, minutes elapsed], so every rank stops
 after the same iteration and takes part in the same save.
 
-DataLoader workers ignore those signals (`ignore_exit_signals`): the training process shuts
-them down when it leaves, instead of finding them dead mid-iteration.
+DataLoader workers ignore those signals (data.sampler): the training process shuts them down
+when it leaves, instead of finding them dead mid-iteration.
 """
 
 from __future__ import annotations
@@ -23,12 +23,6 @@ import torch.distributed as dist
 from ..parallel.context import ParallelContext, all_reduce
 
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-def ignore_exit_signals(_worker_id: int = 0):
-    """DataLoader worker_init_fn: leave the exit signals to the training process."""
-    for number in EXIT_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
 
 
 class ExitConditions:

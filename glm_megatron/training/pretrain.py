@@ -49,7 +49,7 @@ from ..presets import matching_preset
 from . import checkpointing, profiling, run_records, save_directory
 from .checkpointing import TrainingState
 from .divergence import TrainingDiverged, divergence
-from .exit_conditions import ExitConditions, ignore_exit_signals
+from .exit_conditions import EXIT_SIGNALS, ExitConditions
 from .losses import language_model_loss, mode_report_keys
 from .metrics import TrainingLogger, model_flops_per_iteration, print_line
 from .optimizer import DynamicLossScaler
@@ -352,8 +352,7 @@ def _loader(job: Job, split: int, consumed: int):
     return build_data_loader(job.datasets[split], job.collator, consumed,
                              job.args.micro_batch_size, job.ctx.dp_rank, job.ctx.dp_size,
                              seed=job.args.seed, split=split, num_workers=job.args.num_workers,
-                             worker_init_fn=ignore_exit_signals if job.args.exit_signal_handler
-                             else None)
+                             workers_ignore=EXIT_SIGNALS if job.args.exit_signal_handler else ())
 
 
 def _save(job: Job, progress: TrainingState):
@@ -461,7 +460,6 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
         writer.add_text("arguments", "    " + job.arguments_text.replace("\n", "\n    "),
                         progress.iteration)
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
-    batches = iter(_loader(job, 0, progress.consumed_samples))
     # Counted over the rows the model runs: blank infilling's are longer than --seq-length.
     flops = model_flops_per_iteration(job.config, args.global_batch_size, job.collator.length)
     tokens = args.global_batch_size * job.collator.length
@@ -474,7 +472,10 @@ def _train(job: Job, progress: TrainingState, exits: ExitConditions) -> Training
             "train on")
     if progress.iteration == 0 and args.eval_interval:
         _validate(job, logger, progress)
-    with profiling.profiled_iterations(args, ctx) as profile_step:
+    # Closed on the way out, errors included: its workers are shut down, not left to the
+    # interpreter's exit (which signals them with SIGTERM, ignored under --exit-signal-handler).
+    with contextlib.closing(iter(_loader(job, 0, progress.consumed_samples))) as batches, \
+            profiling.profiled_iterations(args, ctx) as profile_step:
         while progress.iteration < stop_at and stopping is None:
             training_iteration(job.trainer, job.scheduler, batches, logger, progress,
                                batch_size=args.global_batch_size, tokens=tokens, flops=flops,
