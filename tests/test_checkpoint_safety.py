@@ -117,9 +117,10 @@ def test_damaged_checkpoint_names_the_file_and_the_fallback(tmp_path, saved_run,
         accepted = run_pretrain(resume + [accept])
         assert accepted.returncode == 0, accepted.stderr[-3000:]
         assert "loaded" in accepted.stdout and "at iteration 4" in accepted.stdout
-    fallback = run_pretrain(resume + ["--ckpt-step", "2"])
-    assert fallback.returncode == 0, fallback.stderr[-3000:]
-    assert "at iteration 2 " in fallback.stdout
+    if name == "missing-optimizer":  # the fallback it names loads (iteration 2 is whole)
+        fallback = run_pretrain(resume + ["--ckpt-step", "2"])
+        assert fallback.returncode == 0, fallback.stderr[-3000:]
+        assert "at iteration 2 " in fallback.stdout
 
 
 @pytest.mark.slow

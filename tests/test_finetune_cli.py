@@ -52,12 +52,13 @@ LETTERS = [f"--verbalizer={label}={letter}" for letter, label in
            zip("abcdef", ("animal", "artifact", "food", "location", "person", "plant"))]
 HEADS = {"cloze": ["--head", "cloze"], "single-token": ["--head", "cloze", *LETTERS],
          "seq-cls": ["--head", "seq-cls"]}
+# Each head under TP (with sequence parallelism for the two heads that score one position) and
+# the heads that run on the pipeline under PP; data parallelism is the heads' business only
+# through the distributed optimizer's shards.
 LAYOUTS = [("cloze", "tp2", ["--tensor-model-parallel-size", "2"]),
-           ("cloze", "dp2", []),
            ("cloze", "dp2-distributed-optimizer", ["--use-distributed-optimizer"]),
            ("cloze", "pp2", ["--pipeline-model-parallel-size", "2"]),
            ("single-token", "pp2", ["--pipeline-model-parallel-size", "2"]),
-           ("single-token", "tp2", ["--tensor-model-parallel-size", "2"]),
            ("single-token", "tp2-sequence-parallel", ["--tensor-model-parallel-size", "2",
                                                       "--sequence-parallel"]),
            ("seq-cls", "tp2", ["--tensor-model-parallel-size", "2"]),
@@ -187,20 +188,20 @@ def test_zero_shot_evaluation(pretrained_checkpoint, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["seq-cls", "cloze"])
 def test_learns_wordnet_supersenses(pretrained_checkpoint, tmp_path, head):
-    """From the briefly pretrained built-in run, two epochs on the shipped WordNet data beat
+    """From the briefly pretrained built-in run, one epoch on the shipped WordNet data beats
     the majority class (1/6 of the balanced validation set) by far; the best checkpoint is kept
     and named, predictions are written, TensorBoard has the validation tags."""
     save, predictions = tmp_path / "save", tmp_path / "predictions.jsonl"
     result = run_finetune([*SUPERSENSE, "--pretrained-checkpoint", pretrained_checkpoint,
                            "--train-data", os.path.join(WORDNET, "supersense_train.jsonl"),
                            "--valid-data", os.path.join(WORDNET, "supersense_valid.jsonl"),
-                           "--head", head, "--epochs", "2", "--lr", "1e-3",
+                           "--head", head, "--epochs", "1", "--lr", "1e-3",
                            "--log-interval", "25", "--save", str(save), "--predictions",
                            str(predictions), "--tensorboard-dir", str(tmp_path / "tb")],
                           timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     validation = parse_log(result.stdout)["validation"]
-    assert sorted(validation) == [0, 125, 250]
+    assert sorted(validation) == [0, 125]
     best_iteration, (_, best) = max(validation.items(), key=lambda v: v[1][1]["accuracy"])
     assert best["accuracy"] > 0.45 and best["macro-f1"] > 0.4
     assert f"best validation accuracy: {best['accuracy']:.4f} at iteration {best_iteration}" \

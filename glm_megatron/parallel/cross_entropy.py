@@ -10,7 +10,10 @@ combine the slices: a MAX and a SUM, whatever the chunk count.
 - `vocab_parallel_cross_entropy(logits, labels, group)`: for callers that have the logits.
 - `chunked_vocab_parallel_cross_entropy(hidden, weight, labels, group)`: the output layer's
   matmul fused in; the [s, b, vocab / tp] logits exist one chunk at a time, in forward and
-  backward (which recomputes them), so the loss costs O(chunk x vocab / tp) memory.
+  backward (which recomputes them), so the loss costs O(chunk x vocab / tp) memory. The last
+  chunk's exp(logits - max), alive when the forward ends, is kept for the backward instead of
+  recomputed: when all tokens fit one chunk (the usual case below ~2k tokens x 32k vocabulary
+  per rank), the backward runs no logits matmul at all, at the same peak memory.
 
 `group` is the tensor-parallel process group, or None for one process without
 torch.distributed (no collective at all).
@@ -18,7 +21,7 @@ torch.distributed (no collective at all).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -55,17 +58,23 @@ def _local_labels(labels: torch.Tensor, vocab_start: int, partition_size: int):
     return local.clamp(0, partition_size - 1)[:, None], here
 
 
+class _ChunkStatistics(NamedTuple):
+    logsumexp: torch.Tensor    # of this rank's vocabulary slice, fp32 [n]
+    target: torch.Tensor       # the label's logit where it falls in the slice, else 0, fp32 [n]
+    shifted_exp: torch.Tensor  # exp(logits - peak), fp32 [n, v]: the reduction's scratch
+    peak: torch.Tensor         # the slice's max logit, fp32 [n]
+
+
 def _local_statistics(logits: torch.Tensor, labels: torch.Tensor, vocab_start: int,
-                      private: bool):
-    """Of one chunk [n, v] (any float dtype) and its global label ids [n]: this slice's
-    logsumexp [n] and the label's logit where the label falls in the slice, else 0 [n], fp32.
-    One fp32 temporary of the chunk at most; `private` chunks are overwritten."""
+                      private: bool) -> _ChunkStatistics:
+    """Of one chunk [n, v] (any float dtype) and its global label ids [n]. One fp32
+    temporary of the chunk at most; `private` chunks are overwritten."""
     column, here = _local_labels(labels, vocab_start, logits.shape[-1])
     target = logits.gather(-1, column)[:, 0].float().masked_fill_(~here, 0.0)
     x = _fp32_scratch(logits, private)
     peak = x.amax(dim=-1)
     logsumexp = x.sub_(peak[:, None]).exp_().sum(dim=-1).log_().add_(peak)
-    return logsumexp, target
+    return _ChunkStatistics(logsumexp, target, x, peak)
 
 
 def _combine(logsumexp: torch.Tensor, target: torch.Tensor, group):
@@ -80,15 +89,21 @@ def _combine(logsumexp: torch.Tensor, target: torch.Tensor, group):
     return total, total - sums[1]
 
 
+def _softmax_grad(softmax: torch.Tensor, labels: torch.Tensor, grad_loss: torch.Tensor,
+                  vocab_start: int) -> torch.Tensor:
+    """(softmax - onehot(label)) x grad_loss, in place on the fp32 softmax [n, v]."""
+    column, here = _local_labels(labels, vocab_start, softmax.shape[-1])
+    # -1 at the label where it is in this slice; a scatter, not a nonzero (no host sync on GPU).
+    softmax.scatter_add_(-1, column, here.to(softmax.dtype).neg_()[:, None])
+    return softmax.mul_(grad_loss[:, None])
+
+
 def _logits_grad(logits: torch.Tensor, labels: torch.Tensor, logsumexp: torch.Tensor,
                  grad_loss: torch.Tensor, vocab_start: int, private: bool) -> torch.Tensor:
-    """d loss / d logits of one chunk, (softmax - onehot(label)) x grad_loss, in the logits'
-    dtype (computed in fp32; `private` chunks are overwritten)."""
-    grad = _fp32_scratch(logits, private).sub_(logsumexp[:, None]).exp_()
-    column, here = _local_labels(labels, vocab_start, logits.shape[-1])
-    # -1 at the label where it is in this slice; a scatter, not a nonzero (no host sync on GPU).
-    grad.scatter_add_(-1, column, here.to(grad.dtype).neg_()[:, None])
-    grad.mul_(grad_loss[:, None])
+    """d loss / d logits of one chunk, in the logits' dtype (computed in fp32; `private`
+    chunks are overwritten)."""
+    softmax = _fp32_scratch(logits, private).sub_(logsumexp[:, None]).exp_()
+    grad = _softmax_grad(softmax, labels, grad_loss, vocab_start)
     if grad is logits:
         return grad
     # A private chunk's own buffer takes the result: no second chunk-sized tensor.
@@ -108,8 +123,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         spans = _chunks(labels1d.numel(), _tokens_per_chunk(logits.shape[-1], chunk_tokens))
         stats = [_local_statistics(logits2d[a:b], labels1d[a:b], start, private=False)
                  for a, b in spans]
-        logsumexp, loss = _combine(torch.cat([s[0] for s in stats]),
-                                   torch.cat([s[1] for s in stats]), group)
+        logsumexp, loss = _combine(torch.cat([s.logsumexp for s in stats]),
+                                   torch.cat([s.target for s in stats]), group)
         ctx.save_for_backward(logits, labels1d, logsumexp)
         ctx.vocab_start, ctx.spans = start, spans
         return loss.view(shape)
@@ -143,12 +158,17 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         targets = labels.transpose(0, 1).reshape(s * b)  # [b, s] -> hidden's token order
         start = _vocab_start(weight.shape[0], group)
         spans = _chunks(s * b, _tokens_per_chunk(weight.shape[0], chunk_tokens))
-        stats = [_local_statistics(x[i:j] @ weight.t(), targets[i:j], start, private=True)
-                 for i, j in spans]
-        logsumexp, loss = _combine(torch.cat([t[0] for t in stats]),
-                                   torch.cat([t[1] for t in stats]), group)
+        stats = []
+        for i, j in spans:
+            if stats:  # only the last chunk's scratch outlives its statistics
+                stats[-1] = stats[-1]._replace(shifted_exp=None)
+            stats.append(_local_statistics(x[i:j] @ weight.t(), targets[i:j], start,
+                                           private=True))
+        logsumexp, loss = _combine(torch.cat([t.logsumexp for t in stats]),
+                                   torch.cat([t.target for t in stats]), group)
         ctx.save_for_backward(hidden, weight, targets, logsumexp)
         ctx.vocab_start, ctx.spans = start, spans
+        ctx.last_shifted_exp, ctx.last_peak = stats[-1].shifted_exp, stats[-1].peak
         return loss.view(s, b).transpose(0, 1).contiguous()
 
     @staticmethod
@@ -161,11 +181,20 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         # Accumulated in the weight's dtype, in the returned gradient itself: an fp32
         # accumulator would be as large as the fp32 logits of h tokens (weight-sized).
         grad_weight = torch.zeros_like(weight)
-        for i, j in ctx.spans:
+        for i, j in ctx.spans[:-1]:
             grad_logits = _logits_grad(x[i:j] @ weight.t(), targets[i:j], logsumexp[i:j],
                                        grad_loss[i:j], ctx.vocab_start, private=True)
             torch.mm(grad_logits, weight, out=grad_hidden[i:j])
             grad_weight.addmm_(grad_logits.t(), x[i:j])
+        # The last chunk from the forward's exp(logits - peak): softmax = that x
+        # exp(peak - logsumexp), with the logsumexp over all ranks.
+        i, j = ctx.spans[-1]
+        softmax = ctx.last_shifted_exp.mul_((ctx.last_peak - logsumexp[i:j]).exp_()[:, None])
+        ctx.last_shifted_exp = ctx.last_peak = None
+        grad_logits = _softmax_grad(softmax, targets[i:j], grad_loss[i:j],
+                                    ctx.vocab_start).to(weight.dtype)
+        torch.mm(grad_logits, weight, out=grad_hidden[i:j])
+        grad_weight.addmm_(grad_logits.t(), x[i:j])
         return grad_hidden.view(s, b, h), grad_weight, None, None, None
 
 
