@@ -66,12 +66,12 @@ def _env(extra: dict | None = None) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, **(extra or {})}
 
 
-def start_pretrain(args: list[str], log_path: str, env: dict | None = None
-                   ) -> subprocess.Popen:
-    """pretrain_glm.py in the background, in a session of its own (signal it with
-    os.killpg), stdout and stderr into `log_path`."""
+def start_pretrain(args: list[str], log_path: str, env: dict | None = None,
+                   script: str = PRETRAIN) -> subprocess.Popen:
+    """pretrain_glm.py (or `script`) in the background, in a session of its own (signal it
+    with os.killpg), stdout and stderr into `log_path`."""
     with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, PRETRAIN, *args], cwd=ROOT, env=_env(env),
+        return subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=_env(env),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -1,15 +1,17 @@
 """finetune_glm.py end to end, as a user runs it: every layout equals one process, resume is
-bit-exact, zero-shot evaluation, learning on the shipped WordNet data with both heads, clear
+bit-exact, time limits and Ctrl-C stop cleanly, zero-shot evaluation, learning on the shipped WordNet data with both heads, clear
 errors on bad input, and export of a finetuned classifier to transformers."""
 
 import json
 import os
 import re
+import signal
 
 import pytest
 import torch
 
-from cli import ROOT, assert_identical, run_finetune
+from cli import FINETUNE, ROOT, assert_identical, run_finetune, start_pretrain, wait_for_line
+from glm_megatron.checkpoint_format import LOCK_FILE
 
 WORDNET = os.path.join(ROOT, "data", "finetune", "wordnet")
 SUPERSENSE = ("--task", "text-classification", "--seq-length", "128")
@@ -153,6 +155,45 @@ def test_resume_mid_epoch_is_bit_exact(pretrained_checkpoint, small_data, tmp_pa
     assert re.search(rf"best validation accuracy: \S+ at iteration {best['best']['iteration']}",
                      second.stdout)
     assert os.listdir(split / "best") == os.listdir(straight / "best")
+
+
+def test_stops_cleanly_and_says_how_to_resume(pretrained_checkpoint, small_data, tmp_path):
+    """As pretraining does: a --save that cannot be written is refused before training; a time
+    limit (--exit-duration-in-mins) saves and exits 0; Ctrl-C stops with one line naming the
+    last save and the command that resumes it, exit 130."""
+    train, valid = small_data
+    common = [*SUPERSENSE, "--pretrained-checkpoint", pretrained_checkpoint, "--train-data",
+              train, "--valid-data", valid, "--micro-batch-size", "2", "--global-batch-size",
+              "8", "--log-interval", "1"]
+    (tmp_path / "a-file").write_text("")
+    refused = run_finetune(common + ["--save", str(tmp_path / "a-file")])
+    assert refused.returncode == 2 and "iteration" not in refused.stdout
+    assert refused.stderr.strip() == \
+        f"finetune_glm.py: error: --save {tmp_path / 'a-file'} is a file; give a directory"
+    timed = run_finetune(common + ["--save", str(tmp_path / "timed"),
+                                   "--exit-duration-in-mins", "0.001"])
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    assert "reached --exit-duration-in-mins 0.001: saving iteration 1 and exiting" in \
+        timed.stdout
+    assert (tmp_path / "timed" / "latest_checkpointed_iteration.txt").read_text() == "1"
+
+    save, log = str(tmp_path / "run"), str(tmp_path / "log.txt")
+    run = start_pretrain(common + ["--epochs", "1000", "--save-interval", "2", "--save", save],
+                         log, script=FINETUNE)
+    try:
+        wait_for_line(log, r"saved checkpoint at iteration 2 ", run)
+        locked = os.path.exists(os.path.join(save, LOCK_FILE))  # no second run shares --save
+    finally:
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+        status = run.wait(timeout=120)
+    output = open(log).read()
+    assert status == 130 and "Traceback" not in output, output[-3000:]
+    assert locked and not os.path.exists(os.path.join(save, LOCK_FILE))
+    (line,) = [line for line in output.splitlines() if "interrupted" in line]
+    saved = int(open(os.path.join(save, "latest_checkpointed_iteration.txt")).read())
+    assert re.fullmatch(rf"finetune_glm.py: interrupted at iteration \d+; the last saved "
+                        rf"iteration is {saved} in {save}; resume with: python "
+                        rf"finetune_glm.py .*--save {save} --load {save}", line), line
 
 
 def test_zero_shot_evaluation(pretrained_checkpoint, tmp_path):

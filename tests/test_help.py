@@ -10,13 +10,22 @@ from cli import ROOT
 
 ANSWER_HELP = """
 import runpy, sys
-sys.argv = ["pretrain_glm.py", "--help"]
+sys.argv = ["{script}", "--help"]
 try:
-    runpy.run_path("pretrain_glm.py", run_name="__main__")
+    runpy.run_path("{script}", run_name="__main__")
 except SystemExit:
     pass
 print("heavy modules:", sorted(m for m in ("torch", "megatron") if m in sys.modules))
 """
+
+
+def _answer_help(script: str) -> str:
+    """`script --help`'s output, which must not have imported torch or megatron-core."""
+    result = subprocess.run([sys.executable, "-c", ANSWER_HELP.format(script=script)], cwd=ROOT,
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("heavy modules: []")
+    return result.stdout
 
 
 def _option_blocks(text: str) -> dict[str, str]:
@@ -44,11 +53,7 @@ def _check_defaults(text: str, exactly_once: bool = True):
 
 
 def test_pretrain_help_shows_each_default_once_without_torch():
-    result = subprocess.run([sys.executable, "-c", ANSWER_HELP], cwd=ROOT, capture_output=True,
-                            text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.rstrip().endswith("heavy modules: []")
-    text = result.stdout
+    text = _answer_help("pretrain_glm.py")
     _check_defaults(text)
     blocks = _option_blocks(text)
     assert blocks["--num-layers"].endswith("(default: from --model-preset)")
@@ -59,6 +64,5 @@ def test_pretrain_help_shows_each_default_once_without_torch():
     assert examples.count("pretrain_glm.py") >= 4
 
 
-def test_finetune_help_shows_each_default_once():
-    from glm_megatron.finetune.arguments import build_parser
-    _check_defaults(build_parser().format_help(), exactly_once=False)
+def test_finetune_help_shows_each_default_once_without_torch():
+    _check_defaults(_answer_help("finetune_glm.py"), exactly_once=False)

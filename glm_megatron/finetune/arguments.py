@@ -8,6 +8,7 @@ The architecture and tokenizer are not flags: they come from --pretrained-checkp
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from .. import arguments
@@ -84,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """finetune_glm.py's flags, checked; `args.argv` keeps the command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     arguments.check_shared_arguments(args)
     if args.epochs < 0:
         raise ConfigError(f"--epochs {args.epochs} must be 0 (evaluate only) or more")

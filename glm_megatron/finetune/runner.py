@@ -14,8 +14,10 @@ best validation result so far (by the task's first metric), which export and --p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,9 +35,11 @@ from ..data.tokenizer_record import tokenizer_record
 from ..training import checkpointing, run_records
 from ..training.checkpointing import CheckpointError, TrainingState
 from ..training.metrics import TrainingLogger, model_flops_per_iteration
-from ..training.profiling import profiled_iterations, trace_dir
+from ..training.profiling import profiled_iterations
 from ..training.writers import open_writers
-from ..training.pretrain import (build_scheduler, build_trainer, log, microbatches_per_rank,
+from ..training.exit_conditions import ExitConditions
+from ..training.pretrain import (build_scheduler, build_trainer, check_output_folders,
+                                 interrupted, log, microbatches_per_rank, own_save_directory,
                                  params_dtype, training_iteration, virtual_stages)
 from ..data.sampler import build_data_loader
 from . import arguments
@@ -133,19 +137,21 @@ def _iterations_per_epoch(args, data: FinetuneData) -> int:
     return count // args.global_batch_size
 
 
-def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
+def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack
+          ) -> tuple[FinetuneJob, TrainingState]:
+    """Everything before the first iteration; `cleanup` gets what must be undone at exit."""
     pretrained = read_pretrained(args.pretrained_checkpoint, args.tokenizer_model)
     config = pretrained.config
     head = args.head or ("seq-cls" if pretrained.is_classifier else "cloze")
     _check_head_flags(args, head, pretrained)
-    if args.profile:
-        trace_dir(args)  # names the missing folder before anything runs
+    check_output_folders(args)
     if args.seq_length > config.max_position_embeddings:
         raise ConfigError(f"--seq-length {args.seq_length} exceeds the "
                           f"{config.max_position_embeddings} positions of "
                           f"--pretrained-checkpoint {pretrained.path}; shorten it")
     ctx = initialize_distributed(args.tensor_model_parallel_size,
-                                 args.pipeline_model_parallel_size, args.device)
+                                 args.pipeline_model_parallel_size, args.device,
+                                 timeout_minutes=args.distributed_timeout_minutes)
     num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
     config.check_tensor_parallel(ctx.tp_size)
@@ -188,6 +194,7 @@ def setup(args: argparse.Namespace) -> tuple[FinetuneJob, TrainingState]:
     if args.epochs:
         job.trainer = build_trainer(args, model, ctx, num_microbatches, loss_fn)
         job.scheduler = build_scheduler(args, job.trainer.optimizer)
+        own_save_directory(args, ctx, cleanup)
         job.forward_backward = job.trainer.forward_backward
         job.stream = EpochStream(data.splits["train"].examples, args.epochs,
                                  args.global_batch_size, args.seed)
@@ -306,7 +313,7 @@ def _predict(job: FinetuneJob, logger: TrainingLogger, iteration: int):
             f"{job.data.splits[split].source} to {os.path.abspath(job.args.predictions)}")
 
 
-def train(job: FinetuneJob, progress: TrainingState):
+def train(job: FinetuneJob, progress: TrainingState, exits: ExitConditions):
     args, ctx = job.args, job.ctx
     writer = open_writers(args, vars(args)) if ctx.is_rank_zero else None
     logger = TrainingLogger(args.log_interval, args.train_iters, writer)
@@ -319,8 +326,9 @@ def train(job: FinetuneJob, progress: TrainingState):
     stop_at = min(args.train_iters, args.exit_interval or args.train_iters)
     if progress.iteration == 0:
         _validate(job, logger, progress)
+    stopping = None
     with profiled_iterations(args, ctx) as profile_step:
-        while progress.iteration < stop_at:
+        while progress.iteration < stop_at and stopping is None:
             training_iteration(job.trainer, job.scheduler, batches, logger, progress,
                                batch_size=args.global_batch_size,
                                tokens=rows * args.seq_length, flops=flops,
@@ -332,6 +340,9 @@ def train(job: FinetuneJob, progress: TrainingState):
             if args.save_interval and progress.iteration % args.save_interval == 0 and \
                     progress.iteration < stop_at:
                 _save(job, progress)
+            stopping = exits.reason(ctx)
+    if stopping is not None:
+        log(f"{stopping}: saving iteration {progress.iteration} and exiting")
     _save(job, progress)
     if progress.iteration == args.train_iters:
         _predict(job, logger, progress.iteration)
@@ -355,13 +366,21 @@ def evaluate_only(job: FinetuneJob):
         writer.close()
 
 
-def finetune(argv=None):
-    args = arguments.parse_args(argv)
+def finetune(args: argparse.Namespace):
+    """The whole job for parsed flags (finetune.arguments.parse_args)."""
+    started = time.time()  # --exit-duration-in-mins counts from here, set-up included
+    exits = ExitConditions(handle_signals=args.exit_signal_handler,
+                           duration_minutes=args.exit_duration_in_mins, started=started)
+    progress = None
     try:
-        job, progress = setup(args)
-        if args.epochs:
-            train(job, progress)
-        else:
-            evaluate_only(job)
+        with exits, contextlib.ExitStack() as cleanup:
+            job, progress = setup(args, cleanup)
+            if args.epochs:
+                train(job, progress, exits)
+            else:
+                evaluate_only(job)
+    except KeyboardInterrupt:
+        raise interrupted(args, progress, args.argv, "finetune_glm.py", load_flag=True) \
+            from None
     finally:
         shutdown()

@@ -240,10 +240,7 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     ctx = initialize_distributed(args.tensor_model_parallel_size,
                                  args.pipeline_model_parallel_size, args.device,
                                  timeout_minutes=args.distributed_timeout_minutes)
-    save_directory.check_writable(args.save, "--save")
-    save_directory.check_writable(args.tensorboard_dir, "--tensorboard-dir")
-    if args.profile:
-        save_directory.check_writable(profiling.trace_dir(args), "--profile-dir")
+    check_output_folders(args)
     layout = ctx.layout
     num_microbatches = microbatches_per_rank(args, ctx)
     seed_all(ctx, args.seed)
@@ -298,7 +295,7 @@ def setup(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> tuple[Job,
     optimizer = trainer.optimizer
     scheduler = build_scheduler(args, optimizer)
     if not args.skip_train:
-        _own_save_directory(args, ctx, cleanup)
+        own_save_directory(args, ctx, cleanup)
     progress = TrainingState()
     if saved is not None:
         progress = checkpointing.load_checkpoint(
@@ -334,7 +331,16 @@ def _parameter_count(model: ModelChunks, ctx: ParallelContext) -> int:
     return int(total.item())
 
 
-def _own_save_directory(args, ctx: ParallelContext, cleanup: contextlib.ExitStack):
+def check_output_folders(args):
+    """The folders a run writes, found unusable before its first iteration, not at its first
+    save."""
+    save_directory.check_writable(args.save, "--save")
+    save_directory.check_writable(args.tensorboard_dir, "--tensorboard-dir")
+    if args.profile:
+        save_directory.check_writable(profiling.trace_dir(args), "--profile-dir")
+
+
+def own_save_directory(args, ctx: ParallelContext, cleanup: contextlib.ExitStack):
     """Rank 0 locks --save for this run (released at exit) and clears what crashed saves left;
     a refusal stops every rank."""
     if not args.save:
@@ -520,9 +526,11 @@ class Interrupted(Exception):
 _NOT_RESUMED = {"--load": 1, "--ckpt-step": 1, "--finetune": 0}
 
 
-def resume_command(argv: list[str]) -> str:
+def resume_command(argv: list[str], script: str = "pretrain_glm.py",
+                   load: str | None = None) -> str:
     """The command that continues this run from its --save: the same flags, less those that
-    chose another starting point."""
+    chose another starting point (plus `--load load` for scripts that do not continue --save
+    by themselves)."""
     kept, skip = [], 0
     for arg in argv:
         name = arg.split("=", 1)[0]
@@ -534,17 +542,21 @@ def resume_command(argv: list[str]) -> str:
             kept.append(arg)
     launcher = "python" if int(os.environ.get("WORLD_SIZE", "1")) == 1 else \
         f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', '?')}"
-    return shlex.join([*launcher.split(), "pretrain_glm.py", *kept])
+    return shlex.join([*launcher.split(), script, *kept, *(["--load", load] if load else [])])
 
 
-def _interrupted(args, progress: TrainingState | None, argv: list[str]) -> Interrupted:
+def interrupted(args, progress: TrainingState | None, argv: list[str],
+                script: str = "pretrain_glm.py", load_flag: bool = False) -> Interrupted:
+    """What a Ctrl-C says: where the run stopped, its last save and the command that resumes
+    it (with `--load` for scripts that need it, `load_flag`)."""
     where = f"interrupted at iteration {progress.iteration}" if progress else \
         "interrupted during set-up"
     saved = latest_iteration(args.save) if args.save and os.path.isdir(args.save) else None
     if saved is None:
         return Interrupted(f"{where}; nothing saved" + ("" if args.save else " (no --save)"))
+    command = resume_command(argv, script, args.save if load_flag else None)
     return Interrupted(f"{where}; the last saved iteration is {saved} in {args.save}; resume "
-                       f"with: {resume_command(argv)}")
+                       f"with: {command}")
 
 
 def pretrain(args: argparse.Namespace | None = None) -> TrainingState:
@@ -568,6 +580,6 @@ def pretrain(args: argparse.Namespace | None = None) -> TrainingState:
         together = True
         raise
     except KeyboardInterrupt:
-        raise _interrupted(args, progress, args.argv) from None
+        raise interrupted(args, progress, args.argv) from None
     finally:
         shutdown(barrier=together)
