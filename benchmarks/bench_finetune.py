@@ -197,6 +197,7 @@ def main(argv=None) -> int:
     from glm_megatron.parallel.context import single_process_context
 
     ctx = single_process_context("cpu")
+    device = torch.device(ctx.device)
     config = chatglm3_style_config(args, args.vocab_size)
     b = args.micro_batch_size
     print(f"Machine: {cpus()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
     timed = time_interleaved({"ours": ours_classifier_step(ctx, config, args, batches),
                               "transformers": transformers_classifier_step(config, args,
                                                                            batches)},
-                             args.warmup, args.steps, "seq-cls")
+                             args.warmup, args.steps, "seq-cls", device)
     rates = {name: median_rate(times, b) for name, (times, _) in timed.items()}
     rows = [["seq-cls finetuning step", name, f"{rate:.3g}",
              f"{rate / rates['transformers']:.2f}x transformers" if name == "ours" else "-"]
@@ -224,7 +225,7 @@ def main(argv=None) -> int:
     model = build_model(config, ctx, args.seed).eval()
     examples = cloze_examples(args, b * (args.warmup + args.steps), special)
     scorers = cloze_scorers(model, args, examples, special)
-    timed = time_interleaved(scorers, args.warmup, args.steps, "cloze")
+    timed = time_interleaved(scorers, args.warmup, args.steps, "cloze", device)
     gold = {name: first for name, (_, first) in timed.items()}
     reference = "one forward per candidate"
     assert all(abs(value - gold[reference]) < 1e-3 * max(1.0, abs(gold[reference]))
