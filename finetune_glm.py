@@ -8,40 +8,21 @@ The architecture and tokenizer come from --pretrained-checkpoint; `python finetu
 --help` lists the flags (Megatron-LM's names).
 """
 
-import os
 import sys
 
-import glm_megatron  # noqa: F401  (quiets megatron-core's import-time warnings)
-from glm_megatron.config import ConfigError
+from glm_megatron import entry_point
 from glm_megatron.finetune.arguments import parse_args
 
 
-def _say(text: str):
-    # Every rank meets the same error; rank 0 speaks for the job.
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"finetune_glm.py: {text}", file=sys.stderr)
-
-
-def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)  # --help answers here, before torch is imported
-    except ConfigError as error:
-        _say(f"error: {error}")
-        return 2
+def _job():
     from glm_megatron.convert.errors import ConversionError
     from glm_megatron.finetune.errors import FinetuneDataError
     from glm_megatron.finetune.runner import finetune
-    from glm_megatron.training.divergence import TrainingDiverged
-    from glm_megatron.training.pretrain import RUN_ERRORS, Interrupted
-    try:
-        finetune(args)
-    except Interrupted as stop:
-        _say(str(stop))
-        return 130  # as a shell reports Ctrl-C
-    except (*RUN_ERRORS, FinetuneDataError, ConversionError) as error:
-        _say(f"error: {error}")
-        return 3 if isinstance(error, TrainingDiverged) else 2  # diverged, or bad input
-    return 0
+    return finetune, (FinetuneDataError, ConversionError)
+
+
+def main(argv=None) -> int:
+    return entry_point.run("finetune_glm.py", parse_args, _job, argv)
 
 
 if __name__ == "__main__":
